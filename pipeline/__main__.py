@@ -1,0 +1,4 @@
+"""`python -m pipeline ...` == `edgepipe ...`."""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""Artifacts: immutable values describing one stage output (files + metadata) -> JSON in the cache and manifest.
+
+An artifact is a directory of files plus `artifact.json`; its sha256 covers the file names and contents, so
+two identical outputs have the same identity wherever they live.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+KINDS = ("torch", "onnx", "openvino", "tflite", "reference", "verification", "profile")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One stage output. `files` maps relative names to sha256; `meta` holds stage-specific facts."""
+
+    kind: str
+    stage: str
+    component: str
+    precision: str
+    files: dict[str, str]
+    parents: tuple[str, ...] = ()
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    root: Path | None = field(default=None, compare=False)
+
+    @property
+    def sha256(self) -> str:
+        return sha256_json({"kind": self.kind, "files": self.files, "meta": self.meta})
+
+    def path(self, name: str) -> Path:
+        if self.root is None:
+            raise ValueError("artifact has no root directory")
+        return self.root / name
+
+    @property
+    def main_file(self) -> Path:
+        return self.path(self.meta.get("main_file") or sorted(self.files)[0])
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data.pop("root")
+        data["parents"] = list(self.parents)
+        data["sha256"] = self.sha256
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, root: Path) -> "Artifact":
+        data = dict(data)
+        data.pop("sha256", None)
+        data["parents"] = tuple(data.get("parents", ()))
+        return cls(**data, root=root)
+
+
+def collect_files(root: Path) -> dict[str, str]:
+    """sha256 of every regular file under root (relative POSIX names), excluding artifact.json."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != "artifact.json":
+            out[path.relative_to(root).as_posix()] = sha256_file(path)
+    return out

@@ -1,0 +1,268 @@
+"""Bundles: a target's verified artifact + results -> dist/<release>/<target>/ and a deterministic .tar.gz.
+
+Publishing is atomic (staging dir, then rename); archives have sorted entries and fixed mtime/uid/gid/mode, so
+the same inputs give the same bytes. `verify_bundle` re-hashes every file against the manifest, accepts only
+regular files the manifest lists, and runs the golden vectors.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from .artifact import sha256_file, sha256_json
+from .errors import BundleError
+
+SCHEMA_VERSION = 1
+MODEL_SUFFIXES = (".onnx", ".tflite", ".xml", ".bin")
+FIXED_MTIME = 0
+
+
+def git_commit(repo: Path) -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _iospec_with_quantization(iospec, io_quant: dict) -> dict:
+    spec = iospec.model_dump(mode="json")
+    for group in ("inputs", "outputs"):
+        for tensor in spec[group]:
+            tensor["quantization"] = io_quant.get(tensor["name"])
+    return spec
+
+
+def manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
+    """The manifest: everything firmware and release engineers need to know about one bundle."""
+    result, profile = ctx["result"], ctx["profile"]
+    model = result.model
+    lineage = [{"stage": a.stage, "kind": a.kind, "precision": a.precision, "sha256": a.sha256,
+                "parents": list(a.parents)} for a in result.lineage]
+    tools = {"python": sys.version.split()[0], "edgepipe": ctx["edgepipe_version"]}
+    for art in result.lineage + [result.verification]:
+        tools.update(art.tool_versions)
+    ver = dict(result.verification.meta)
+    tools[ver["runtime"]["name"]] = ver["runtime"]["version"]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "release": ctx["release"].release,
+        "target": profile.name,
+        "format": profile.format,
+        "precision": model.precision,
+        "runtime": profile.runtime,
+        "git_commit": ctx["git_commit"],
+        "config_hash": ctx["config_hash"],
+        "calibration_fingerprint": result.calibration_fingerprint,
+        "tool_versions": dict(sorted(tools.items())),
+        "files": files,
+        "model_files": sorted(f for f in files if f.endswith(MODEL_SUFFIXES)),
+        "iospec": _iospec_with_quantization(ctx["iospec"], model.meta.get("io_quantization", {})),
+        "preprocessing_assets": sorted(f for f in files if f.startswith("assets/")),
+        "quantization": ({"kept_float_nodes": model.meta.get("kept_float_nodes", []),
+                          "settings": profile.quantization.model_dump(),
+                          "calibration": profile.calibration.model_dump()} if model.precision == "int8" else None),
+        "compression": {"applied": []},
+        "model": {"sha256": model.sha256, "ops": model.meta.get("ops", {}), "lineage": lineage},
+        "verification": ver,
+        "latency": result.profile.meta if result.profile is not None else None,
+        "golden": {"dir": "golden", "atol": profile.gates.golden_atol, "rtol": profile.gates.golden_rtol},
+    }
+
+
+def _copy_tree(src: Path, dst: Path, skip=("artifact.json",)) -> None:
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and path.name not in skip:
+            out = dst / path.relative_to(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out)
+
+
+def stage_bundle(staging: Path, ctx: dict) -> dict:
+    """Fill `staging` with the bundle of one target; returns its manifest."""
+    from .iospec import TokenizerPreprocessing
+    from .report import bundle_readme
+
+    result = ctx["result"]
+    _copy_tree(result.model.root, staging)
+    _copy_tree(result.verification.path("golden"), staging / "golden")
+    assets = staging / "assets"
+    for spec in ctx["iospec"].inputs:
+        if isinstance(spec.preprocessing, TokenizerPreprocessing):
+            assets.mkdir(exist_ok=True)
+            shutil.copyfile(ctx["dataset_dir"] / spec.preprocessing.vocab_file,
+                            assets / Path(spec.preprocessing.vocab_file).name)
+    if ctx["iospec"].labels:
+        assets.mkdir(exist_ok=True)
+        (assets / "labels.txt").write_text("\n".join(ctx["iospec"].labels) + "\n", encoding="utf-8")
+    provisional = manifest_for(ctx, {})
+    (staging / "README.md").write_text(bundle_readme(provisional), encoding="utf-8")
+    files = {}
+    for path in sorted(staging.rglob("*")):
+        if path.is_file():
+            files[path.relative_to(staging).as_posix()] = {"sha256": sha256_file(path),
+                                                           "size_bytes": path.stat().st_size}
+    manifest = manifest_for(ctx, files)
+    write_json(staging / "manifest.json", manifest)
+    return manifest
+
+
+def write_tar(src: Path, out: Path, root_name: str) -> None:
+    """Deterministic tar.gz of src under root_name/: sorted entries, mtime 0, uid/gid 0, fixed modes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        entries = sorted(p for p in src.rglob("*"))
+        dirs = sorted({p.relative_to(src).parent for p in entries if p.is_file()} - {Path(".")})
+        for d in [Path(".")] + dirs:
+            info = tarfile.TarInfo(str(PurePosixPath(root_name) / d.as_posix()) if d != Path(".") else root_name)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, FIXED_MTIME
+            tar.addfile(info)
+        for path in entries:
+            if not path.is_file():
+                continue
+            info = tarfile.TarInfo(f"{root_name}/{path.relative_to(src).as_posix()}")
+            info.size, info.mode, info.mtime = path.stat().st_size, 0o644, FIXED_MTIME
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+    tmp = out.with_name(f".tmp-{out.name}")
+    with open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=FIXED_MTIME, compresslevel=9) as gz:
+            gz.write(buf.getvalue())
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(tmp, out)
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Swap a finished staging dir into place: readers see the old bundle or the new one, never half."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.rename(final, old)
+    os.rename(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_bundle(release_dir: Path, target: str) -> None:
+    shutil.rmtree(release_dir / target, ignore_errors=True)
+    (release_dir / f"{target}.tar.gz").unlink(missing_ok=True)
+
+
+def config_hash(release, profile) -> str:
+    return sha256_json({"release": release.model_dump(mode="json"), "target": profile.model_dump(mode="json")})
+
+
+# --------------------------------------------------------------------------- verification of a bundle
+
+
+def _safe_member_name(name: str, root: str) -> str:
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or not p.parts or p.parts[0] != root:
+        raise BundleError(f"archive member '{name}' is outside the bundle directory '{root}/'")
+    return PurePosixPath(*p.parts[1:]).as_posix() if len(p.parts) > 1 else ""
+
+
+def _extract_checked(archive: Path, dest: Path) -> Path:
+    """Extract only regular files listed in the archive's manifest; returns the bundle dir."""
+    try:
+        tar = tarfile.open(archive, "r:gz")
+    except (tarfile.TarError, OSError) as err:
+        raise BundleError(f"{archive}: not a readable .tar.gz ({err})") from err
+    with tar:
+        members = tar.getmembers()
+        if not members:
+            raise BundleError(f"{archive}: empty archive")
+        root = PurePosixPath(members[0].name).parts[0]
+        manifest_member = next((m for m in members if m.name == f"{root}/manifest.json"), None)
+        if manifest_member is None or not manifest_member.isreg():
+            raise BundleError(f"{archive}: no regular file {root}/manifest.json")
+        manifest = json.loads(tar.extractfile(manifest_member).read())
+        listed = set(manifest.get("files", {})) | {"manifest.json"}
+        out = dest / root
+        for m in members:
+            rel = _safe_member_name(m.name, root)
+            if m.isdir():
+                continue
+            if not m.isreg():
+                raise BundleError(f"archive member '{m.name}' is not a regular file")
+            if rel not in listed:
+                raise BundleError(f"archive member '{m.name}' is not listed in the manifest")
+            target = out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(m) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return out
+
+
+def check_files(bundle: Path) -> dict:
+    manifest_path = bundle / "manifest.json"
+    if not manifest_path.is_file():
+        raise BundleError(f"{bundle}: no manifest.json")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BundleError(f"{manifest_path}: not valid JSON ({err})") from err
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{manifest_path}: schema_version {manifest.get('schema_version')} is not {SCHEMA_VERSION}")
+    files = manifest["files"]
+    present = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file() or p.is_symlink()}
+    extra = sorted(present - set(files) - {"manifest.json"})
+    if extra:
+        raise BundleError(f"{bundle}: file '{extra[0]}' is not listed in the manifest")
+    for name, entry in sorted(files.items()):
+        path = bundle / name
+        if path.is_symlink() or not path.is_file():
+            raise BundleError(f"{bundle}: listed file '{name}' is missing or not a regular file")
+        if path.stat().st_size != entry["size_bytes"] or sha256_file(path) != entry["sha256"]:
+            raise BundleError(f"{bundle}: '{name}' does not match its sha256/size in the manifest")
+    return manifest
+
+
+def verify_bundle(path: Path, run_golden: bool = True) -> dict:
+    """Re-hash a bundle (dir or .tar.gz) against its manifest and run its golden vectors; raises BundleError."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle")
+    with tempfile.TemporaryDirectory(prefix="edgepipe-verify-") as tmp:
+        bundle = _extract_checked(path, Path(tmp)) if path.is_file() else path
+        manifest = check_files(bundle)
+        report = {"bundle": str(path), "target": manifest["target"], "files_checked": len(manifest["files"])}
+        if run_golden:
+            report["golden"] = run_golden_vectors(bundle, manifest)
+    return report
+
+
+def run_golden_vectors(bundle: Path, manifest: dict) -> dict:
+    from targets.agent import check_golden, load_golden, open_model
+
+    model_file = next((f for f in manifest["model_files"] if not f.endswith(".bin")), None)
+    if model_file is None:
+        raise BundleError(f"{bundle}: the manifest lists no model file")
+    try:
+        session = open_model(str(bundle / model_file), manifest["format"], 1)
+        result = check_golden(session, load_golden(str(bundle / "golden")))
+    except BundleError:
+        raise
+    except Exception as err:
+        raise BundleError(f"{bundle}: golden vectors could not run: {str(err).splitlines()[0]}") from err
+    if result["passed"] != result["checked"]:
+        raise BundleError(f"{bundle}: golden vectors failed: {result['failures'][0]}")
+    return result

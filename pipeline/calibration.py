@@ -1,0 +1,74 @@
+"""CalibrationSet: preprocessed calibration samples, checked before any quantizer sees them -> batch-1 feed dicts.
+
+Quantizers happily calibrate on one sample or on zeros; this module refuses such sets itself.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from .errors import CalibrationError
+from .iospec import IOSpec
+
+
+class CalibrationSet:
+    """Named input arrays with a leading sample axis; iterates as batch-1 {input_name: array} dicts."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], iospec: IOSpec, source: str):
+        self.inputs = inputs
+        self.iospec = iospec
+        self.source = source
+
+    def __len__(self) -> int:
+        return 0 if not self.inputs else len(next(iter(self.inputs.values())))
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(self)):
+            yield {k: v[i : i + 1] for k, v in self.inputs.items()}
+
+    def subset(self, n: int, seed: int) -> "CalibrationSet":
+        """n samples drawn without replacement with a fixed seed (sorted, so order is stable)."""
+        if n > len(self):
+            raise CalibrationError(
+                f"{self.source}: the target asks for {n} calibration samples, the set has {len(self)}; "
+                "add samples or lower calibration.samples"
+            )
+        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        return CalibrationSet({k: v[idx] for k, v in self.inputs.items()}, self.iospec, self.source)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self.inputs):
+            arr = np.ascontiguousarray(self.inputs[name])
+            h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
+    def check(self, min_samples: int) -> None:
+        """Raise CalibrationError for too few samples, wrong names/shapes/dtypes, non-finite or constant inputs."""
+        n = len(self)
+        if n < min_samples:
+            raise CalibrationError(f"{self.source}: {n} calibration samples, at least {min_samples} required")
+        expected = {s.name: s for s in self.iospec.inputs}
+        if set(self.inputs) != set(expected):
+            raise CalibrationError(
+                f"{self.source}: calibration inputs {sorted(self.inputs)} do not match model inputs {sorted(expected)}"
+            )
+        for name, arr in self.inputs.items():
+            spec = expected[name]
+            if tuple(arr.shape[1:]) != tuple(spec.shape[1:]) or arr.dtype != np.dtype(spec.dtype):
+                raise CalibrationError(
+                    f"{self.source}: input '{name}' is {arr.dtype}{list(arr.shape[1:])} per sample, "
+                    f"the model expects {spec.dtype}{list(spec.shape[1:])}"
+                )
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                bad = int((~np.isfinite(arr)).reshape(n, -1).any(axis=1).sum())
+                raise CalibrationError(f"{self.source}: input '{name}' has non-finite values in {bad} samples")
+            if n > 1 and np.all(arr == arr[:1]):
+                raise CalibrationError(
+                    f"{self.source}: input '{name}' is the same in every sample; calibration would learn nothing"
+                )
+            if arr.dtype.kind == "f" and float(np.ptp(arr)) == 0.0:
+                raise CalibrationError(f"{self.source}: input '{name}' is constant ({float(arr.flat[0])})")

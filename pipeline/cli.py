@@ -1,0 +1,129 @@
+"""Command line: `edgepipe build|plan|verify|schema` -> exit code 0 ok, 1 a target or bundle failed, 2 bad input.
+
+Errors from pipeline.errors print as one line; no traceback reaches the user unless EDGEPIPE_DEBUG=1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import EdgepipeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgepipe", description="Compress, export, calibrate, verify, profile and "
+                                "bundle a multimodal PyTorch model for edge targets.")
+    p.add_argument("--version", action="version", version=f"edgepipe {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, helptext in (("build", "run the whole pipeline and publish bundles"),
+                           ("plan", "validate the config and print the plan; runs nothing")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("config", nargs="?", type=Path, help="release YAML (default: the built-in release)")
+        c.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("EDGEPIPE_CACHE", ".edgepipe/cache")),
+                       help="stage cache (default .edgepipe/cache or $EDGEPIPE_CACHE)")
+        if name == "build":
+            c.add_argument("--dist", type=Path, default=Path("dist"), help="output directory (default dist)")
+            c.add_argument("--force", action="append", default=[], metavar="STAGE",
+                           help="ignore the cache for this stage (repeatable), e.g. --force profile to re-measure")
+            c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    v = sub.add_parser("verify", help="re-hash a bundle against its manifest and run its golden vectors")
+    v.add_argument("bundle", type=Path, help="dist/<release>/<target>.tar.gz or its directory")
+    v.add_argument("--no-golden", action="store_true", help="check hashes only")
+    s = sub.add_parser("schema", help="print the JSON Schema of release configs or target profiles")
+    s.add_argument("which", choices=["release", "target"])
+    return p
+
+
+def _console():
+    from rich.console import Console
+
+    # Wide tables in CI logs and pipes too (rich falls back to 80 columns there).
+    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def cmd_plan(args) -> int:
+    from .config import load_release
+    from .plan import make_plan
+
+    cfg, base = load_release(args.config)
+    plan = make_plan(cfg, base)
+    from rich.table import Table
+
+    table = Table(title=f"plan for release {cfg.release} ({cfg.model.factory}, data {plan.dataset_dir})")
+    for col in ("target", "format", "precision", "stages", "calibration", "transport"):
+        table.add_column(col)
+    for row in plan.rows():
+        table.add_row(*row)
+    _console().print(table)
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .cache import Cache
+    from .config import load_release
+    from .plan import make_plan
+    from .progress import Progress
+    from .publish import publish_release
+    from .report import print_summary
+    from .runner import Runner
+
+    start = time.perf_counter()
+    console = _console()
+    cfg, base = load_release(args.config)
+    plan = make_plan(cfg, base)
+    progress = Progress(enabled=False if args.no_progress else None)
+    runner = Runner(Cache(args.cache_dir), progress, log=lambda m: console.print(m, markup=False),
+                    force=tuple(args.force))
+    console.print(f"edgepipe build: release {cfg.release}, {len(plan.targets)} target(s)")
+    state = runner.run(plan)
+    index = publish_release(state, args.dist)
+    print_summary(console, index)
+    cached = sum(r.cached for r in state.records)
+    console.print(f"{cached}/{len(state.records)} stages from cache; bundles in {args.dist / cfg.release}; "
+                  f"wall time {time.perf_counter() - start:.1f} s")
+    return 0 if all(t["status"] == "passed" for t in index["targets"]) else 1
+
+
+def cmd_verify(args) -> int:
+    from .bundle import verify_bundle
+
+    report = verify_bundle(args.bundle, run_golden=not args.no_golden)
+    golden = report.get("golden")
+    extra = f", golden vectors {golden['passed']}/{golden['checked']} passed" if golden else ""
+    print(f"OK {report['bundle']}: target {report['target']}, {report['files_checked']} files match the manifest"
+          f"{extra}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from .config import json_schemas
+
+    print(json.dumps(json_schemas()[args.which], indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"build": cmd_build, "plan": cmd_plan, "verify": cmd_verify, "schema": cmd_schema}[args.command]
+    try:
+        return handler(args)
+    except EdgepipeError as err:
+        if os.environ.get("EDGEPIPE_DEBUG"):
+            raise
+        print(f"edgepipe: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("EDGEPIPE_DEBUG"):
+            raise
+        print(f"edgepipe: internal error: {type(err).__name__}: {err} (rerun with EDGEPIPE_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("edgepipe: interrupted; finished stages stay cached, rerun to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,230 @@
+"""Release configs and target profiles: YAML -> validated pydantic models (unknown keys rejected, every field described).
+
+Light on purpose: pydantic + yaml only, so `edgepipe plan` and `--help` never import a framework.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+PROFILES_DIR = REPO_ROOT / "targets" / "profiles"
+DEFAULT_RELEASE = PACKAGE_ROOT / "defaults" / "release.yaml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError("use 1-64 characters from A-Z a-z 0-9 . _ - (starting with a letter or digit)")
+    return value
+
+
+# --------------------------------------------------------------------------- target profiles
+
+
+class QuantizationConfig(_Strict):
+    per_channel: bool = Field(True, description="per-output-channel weight scales (per-tensor breaks EfficientNet)")
+    symmetric_weights: bool = Field(True, description="symmetric int8 weights (zero-point 0)")
+    symmetric_activations: bool = Field(False, description="symmetric int8 activations")
+    activation_type: Literal["uint8", "int8"] = Field("uint8", description="activation integer type")
+    weight_type: Literal["int8", "uint8"] = Field("int8", description="weight integer type")
+    op_types: list[str] | None = Field(None, description="ONNX op types to quantize; null = the toolchain's set")
+    keep_float: list[str] = Field(
+        default_factory=list, description="node-name prefixes (or ONNX op types) that stay in float; recorded in the manifest"
+    )
+
+
+class CalibrationConfig(_Strict):
+    method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="range estimation method")
+    samples: int = Field(256, ge=1, description="calibration samples drawn from the calibration split")
+    seed: int = Field(0, description="seed of the calibration subset draw")
+    percentile: float = Field(99.999, gt=90, le=100, description="percentile for method=percentile")
+    min_samples: int = Field(32, ge=1, description="refuse calibration sets smaller than this")
+
+
+class BenchmarkConfig(_Strict):
+    threads: int = Field(1, ge=1, le=256, description="runtime threads (set explicitly in every runtime)")
+    warmup: int = Field(10, ge=0, description="untimed runs before timing")
+    iterations: int = Field(100, ge=1, description="timed runs")
+    timeout_s: float = Field(300.0, gt=0, description="wall-clock limit for one agent run")
+
+
+class GatesConfig(_Strict):
+    max_accuracy_drop_pt: float = Field(1.0, ge=0, description="fail if eval accuracy drops more than this (points)")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="fail if top-1 agreement with fp32 is below")
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="fail if mean output cosine with fp32 is below")
+    golden_atol: float = Field(1e-4, ge=0, description="abs tolerance of the on-device golden-vector self-test")
+    golden_rtol: float = Field(1e-3, ge=0, description="rel tolerance of the on-device golden-vector self-test")
+
+
+class TransportConfig(_Strict):
+    kind: Literal["local"] = Field("local", description="how the device is reached (ssh/adb/qemu come later)")
+
+
+class TargetProfile(_Strict):
+    name: str = Field(description="profile name; the file is targets/profiles/<name>.yaml")
+    description: str = Field("", description="one line for humans")
+    format: Literal["onnx"] = Field(description="artifact format (onnx now; openvino and tflite come next)")
+    precision: Literal["fp32", "int8"] = Field(description="weights/activations precision")
+    runtime: Literal["onnxruntime"] = Field("onnxruntime", description="runtime that loads the artifact")
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig, description="int8 settings")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="int8 calibration")
+    transport: TransportConfig = Field(default_factory=TransportConfig, description="how to reach the device")
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="latency measurement")
+    gates: GatesConfig = Field(default_factory=GatesConfig, description="verification gates")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v)
+
+
+# --------------------------------------------------------------------------- release config
+
+
+class ModelConfig(_Strict):
+    factory: str = Field(description="'module:attr' of a model factory (see pipeline/models/__init__.py)")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword settings passed to the factory")
+    dataset: str = Field(description="dataset directory: a name under calibration_data/ or a path")
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", v):
+            raise ValueError("write it as 'package.module:Name'")
+        return v
+
+
+class OnnxExportConfig(_Strict):
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset of the exported graph")
+    slim: bool = Field(True, description="simplify the graph with onnxslim when installed")
+
+
+class ExportConfig(_Strict):
+    onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig, description="ONNX export settings")
+
+
+class ReleaseConfig(_Strict):
+    release: str = Field(description="release name; bundles go to <dist>/<release>/")
+    model: ModelConfig = Field(description="the model to deploy")
+    targets: list[str] = Field(min_length=1, description="target profile names (targets/profiles/*.yaml) or paths")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="export settings shared by targets")
+    profile: bool = Field(True, description="measure latency on each target (timings make bundles differ run to run)")
+    golden_count: int = Field(4, ge=1, le=64, description="golden input/output vectors per bundle")
+    seed: int = Field(0, description="seed for training and sampling")
+
+    @field_validator("release")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Names allowed at `loc` (walks nested models) — for 'did you mean'."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        fld = current.model_fields.get(part)
+        if fld is None:
+            return []
+        current = fld.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    # An unknown key usually explains the "missing" error beside it (a typo), so report it first.
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    loc = tuple(first["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        allowed = _field_names(model, loc)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(allowed)}"
+        msg = f"{source}: unknown key '{path}'{hint}"
+    else:
+        msg = f"{source}: {path}: {first['msg']}"
+    more = len(errors) - 1
+    return msg + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; give an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse(model: type[BaseModel], data: dict, source: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, model, source)) from err
+
+
+def load_release(path: Path | None) -> tuple[ReleaseConfig, Path]:
+    """Read a release config (default: the built-in one); returns it and the directory paths are relative to."""
+    path = Path(path) if path is not None else DEFAULT_RELEASE
+    cfg = parse(ReleaseConfig, read_yaml(path), str(path))
+    return cfg, path.resolve().parent
+
+
+def resolve_profile_path(ref: str, base_dir: Path) -> Path:
+    if ref.endswith((".yaml", ".yml")) or "/" in ref:
+        return (base_dir / ref).resolve()
+    return PROFILES_DIR / f"{ref}.yaml"
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_profile(ref: str, base_dir: Path) -> TargetProfile:
+    path = resolve_profile_path(ref, base_dir)
+    if not path.is_file():
+        known = available_profiles()
+        close = difflib.get_close_matches(ref, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
+        raise ConfigError(f"unknown target '{ref}' (no {path}); {hint}")
+    profile = parse(TargetProfile, read_yaml(path), str(path))
+    if path.parent == PROFILES_DIR and profile.name != path.stem:
+        raise ConfigError(f"{path}: name '{profile.name}' must equal the file name '{path.stem}'")
+    return profile
+
+
+def resolve_dataset(cfg: ReleaseConfig, base_dir: Path) -> Path:
+    ds = cfg.model.dataset
+    if "/" in ds or ds.startswith("."):
+        return (base_dir / ds).resolve()
+    return REPO_ROOT / "calibration_data" / ds
+
+
+def json_schemas() -> dict[str, dict]:
+    return {"release": ReleaseConfig.model_json_schema(), "target": TargetProfile.model_json_schema()}

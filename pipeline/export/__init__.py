@@ -1,0 +1,1 @@
+"""Exporters: torch artifacts -> ONNX (and int8 QDQ); OpenVINO and TFLite join in the formats issue."""

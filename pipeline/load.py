@@ -1,0 +1,133 @@
+"""Model loading: a model factory ("module:attr") -> torch fp32 artifact, and its reference outputs on eval.
+
+The torch artifact stores a state dict (loaded back with weights_only=True, never a pickle of code) plus the
+IOSpec; the architecture is rebuilt by the factory's `construct`.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+
+from .artifact import Artifact
+from .errors import ModelFactoryError
+from .stages import Stage, StageContext
+
+
+def import_factory(spec: str):
+    """'module:attr' -> factory object (a class is instantiated without arguments)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # any import failure of user code is a config problem, shown in one line
+        raise ModelFactoryError(
+            f"model.factory '{spec}': cannot import module '{module_name}' ({type(err).__name__}: {err})"
+        ) from err
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise ModelFactoryError(f"model.factory '{spec}': module '{module_name}' has no attribute '{attr}'")
+    factory = obj() if isinstance(obj, type) else obj
+    for method in ("iospec", "construct", "create"):
+        if not callable(getattr(factory, method, None)):
+            raise ModelFactoryError(f"model.factory '{spec}' has no {method}() method (see pipeline/models)")
+    return factory
+
+
+def load_torch(art: Artifact, factory, params: dict):
+    """Rebuild the torch module of a torch artifact (eval mode)."""
+    import torch
+
+    module = factory.construct(params)
+    state = torch.load(art.path("model.pt"), map_location="cpu", weights_only=True)
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
+def torch_inputs(iospec, sample: dict[str, np.ndarray]):
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(sample[name])) for name in iospec.input_names)
+
+
+def run_torch(module, iospec, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import torch
+
+    with torch.inference_mode():
+        out = module(*torch_inputs(iospec, sample))
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return {name: t.detach().numpy() for name, t in zip(iospec.output_names, outs)}
+
+
+class LoadModel(Stage):
+    name = "load"
+    version = 1
+    produces = "torch"
+    requires = ("torch",)
+    extra = "torch"
+
+    def config(self, ctx: StageContext) -> dict:
+        return {"factory": ctx.release.model.factory, "params": ctx.release.model.params,
+                "seed": ctx.release.seed, "train": ctx.dataset.split_fingerprint("train")}
+
+    def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
+        import torch
+
+        from .models import FactoryContext
+
+        factory = import_factory(ctx.release.model.factory)
+        params = ctx.release.model.params
+        try:
+            module = factory.create(params, FactoryContext(dataset=ctx.dataset, seed=ctx.release.seed,
+                                                           progress=ctx.progress))
+        except ModelFactoryError:
+            raise
+        except Exception as err:
+            raise ModelFactoryError(
+                f"model.factory '{ctx.release.model.factory}' failed to create the model: {type(err).__name__}: {err}"
+            ) from err
+        torch.save(module.state_dict(), ctx.workdir / "model.pt")
+        (ctx.workdir / "iospec.json").write_text(ctx.iospec.model_dump_json(indent=1))
+        n_params = sum(p.numel() for p in module.parameters())
+        return ctx.artifact("torch", meta={"parameters": int(n_params)}, main_file="model.pt")
+
+
+class ReferenceOutputs(Stage):
+    """fp32 torch outputs on the eval split: what every artifact is verified against."""
+
+    name = "reference"
+    version = 1
+    consumes = ("torch",)
+    produces = "reference"
+    requires = ("torch",)
+    extra = "torch"
+
+    def config(self, ctx: StageContext) -> dict:
+        return {"eval": ctx.dataset.split_fingerprint("eval")}
+
+    def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
+        import torch
+
+        factory = import_factory(ctx.release.model.factory)
+        module = load_torch(artifact, factory, ctx.release.model.params)
+        split = ctx.dataset.split("eval")
+        outputs: dict[str, list[np.ndarray]] = {n: [] for n in ctx.iospec.output_names}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # fixed thread count: reference numbers must not depend on the machine
+        try:
+            with ctx.progress.task("torch fp32 reference on eval", len(split)) as task:
+                for i in range(len(split)):
+                    for name, value in run_torch(module, ctx.iospec, split.sample(i)).items():
+                        outputs[name].append(value)
+                    task.advance()
+        finally:
+            torch.set_num_threads(threads)
+        meta = {"samples": len(split)}
+        for name, values in outputs.items():
+            np.save(ctx.workdir / f"eval.{name}.npy", np.concatenate(values))
+        if split.labels is not None:
+            np.save(ctx.workdir / "labels.npy", split.labels)
+            first = np.concatenate(outputs[ctx.iospec.output_names[0]])
+            meta["accuracy"] = float((first.argmax(-1) == split.labels).mean())
+        (ctx.workdir / "reference.json").write_text(json.dumps(meta, sort_keys=True))
+        return ctx.artifact("reference", meta=meta)

@@ -1,0 +1,135 @@
+"""Build planning: release config + target profiles -> a checked Plan (stage chains per target); runs nothing.
+
+Everything that can be known before running is checked here: profiles exist, stage kinds fit, the imports
+each stage needs are installed, the dataset and its calibration split are present and large enough, the
+model factory's module exists.
+"""
+from __future__ import annotations
+
+import importlib.util
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import ReleaseConfig, TargetProfile, load_profile, resolve_dataset
+from .data import SPLITS, split_path
+from .errors import ConfigError, MissingDependencyError, ModelFactoryError
+from .stages import missing_imports, stage_class_info
+
+SHARED_STAGES = ("load", "reference")
+EXPORT_CHAINS = {
+    ("onnx", "fp32"): ("export_onnx",),
+    ("onnx", "int8"): ("export_onnx", "quantize_onnx"),
+}
+CHECK_STAGES = ("verify", "profile")
+
+
+@dataclass
+class TargetPlan:
+    profile: TargetProfile
+    chain: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+
+@dataclass
+class Plan:
+    release: ReleaseConfig
+    base_dir: Path
+    dataset_dir: Path
+    targets: list[TargetPlan] = field(default_factory=list)
+
+    def rows(self) -> list[list[str]]:
+        rows = []
+        for tp in self.targets:
+            p = tp.profile
+            checks = ["verify"] + (["profile"] if self.release.profile else [])
+            calib = f"{p.calibration.method} x{p.calibration.samples}" if p.precision == "int8" else "-"
+            rows.append([p.name, p.format, p.precision, " → ".join(SHARED_STAGES[:1] + tp.chain + tuple(checks)),
+                         calib, p.transport.kind])
+        return rows
+
+
+def _split_count(path: Path) -> int:
+    """Number of samples in a split npz, read from the label array's header only."""
+    with zipfile.ZipFile(path) as zf:
+        with zf.open("label.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = read(f)
+    return int(shape[0])
+
+
+def _check_dataset(cfg: ReleaseConfig, dataset_dir: Path, profiles: list[TargetProfile]) -> None:
+    if not dataset_dir.is_dir():
+        raise ConfigError(f"model.dataset: directory {dataset_dir} does not exist; create it or fix the path")
+    for split in SPLITS:
+        if not split_path(dataset_dir, split).is_file():
+            raise ConfigError(f"model.dataset: {split_path(dataset_dir, split)} is missing")
+    try:
+        n_calib = _split_count(split_path(dataset_dir, "calibration"))
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError) as err:
+        raise ConfigError(f"{split_path(dataset_dir, 'calibration')}: unreadable ({err}); it needs a 'label' array"
+                          ) from err
+    for p in profiles:
+        if p.precision == "int8" and p.calibration.samples > n_calib:
+            raise ConfigError(
+                f"target '{p.name}': calibration.samples={p.calibration.samples} but {dataset_dir.name}/calibration.npz "
+                f"has {n_calib} samples; lower it or add data"
+            )
+        if p.precision == "int8" and p.calibration.samples < p.calibration.min_samples:
+            raise ConfigError(f"target '{p.name}': calibration.samples={p.calibration.samples} is below "
+                              f"calibration.min_samples={p.calibration.min_samples}")
+
+
+def _check_chain(name: str, chain: tuple[str, ...]) -> None:
+    kind = None
+    needs: set[str] = set()
+    extras: set[str] = set()
+    for stage in SHARED_STAGES[:1] + chain + CHECK_STAGES:
+        info = stage_class_info(stage)
+        if info["consumes"] and kind not in info["consumes"]:
+            raise ConfigError(f"target '{name}': stage '{stage}' consumes {info['consumes']}, gets '{kind}'")
+        if stage not in CHECK_STAGES:
+            kind = info["produces"]
+        missing = missing_imports(info["requires"])
+        needs.update(missing)
+        if missing:
+            extras.add(info["extra"])
+    if needs:
+        raise MissingDependencyError(
+            f"target '{name}' needs {', '.join(sorted(needs))}: pip install 'edgepipe[{','.join(sorted(extras))}]'"
+        )
+
+
+def make_plan(cfg: ReleaseConfig, base_dir: Path) -> Plan:
+    """Check the whole build and return its plan; raises ConfigError-family errors (exit code 2)."""
+    seen = set()
+    profiles = []
+    for ref in cfg.targets:
+        profile = load_profile(ref, base_dir)
+        if profile.name in seen:
+            raise ConfigError(f"targets: '{profile.name}' is listed twice")
+        seen.add(profile.name)
+        profiles.append(profile)
+    module = cfg.model.factory.split(":")[0]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ModelFactoryError(f"model.factory: module '{module}' not found; check the name or install it")
+    dataset_dir = resolve_dataset(cfg, base_dir)
+    _check_dataset(cfg, dataset_dir, profiles)
+    plan = Plan(release=cfg, base_dir=base_dir, dataset_dir=dataset_dir)
+    for p in profiles:
+        chain = EXPORT_CHAINS.get((p.format, p.precision))
+        if chain is None:
+            raise ConfigError(f"target '{p.name}': {p.format} {p.precision} is not supported yet")
+        _check_chain(p.name, chain)
+        plan.targets.append(TargetPlan(profile=p, chain=chain))
+    return plan

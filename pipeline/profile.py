@@ -1,0 +1,57 @@
+"""Latency profiling: model artifact + its golden vectors -> agent measurements on the target's transport.
+
+The host goes through the same path as a device: push the agent, the model and the golden vectors, run the
+agent with explicit threads, read its one JSON line.
+"""
+from __future__ import annotations
+
+import json
+
+from .artifact import Artifact, sha256_file
+from .errors import StageError, TransportError
+from .stages import Stage, StageContext
+from .verify import FORMAT_OF_KIND
+
+
+def agent_path():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "targets" / "agent.py"
+
+
+class Profile(Stage):
+    name = "profile"
+    version = 1
+    consumes = ("onnx", "openvino", "tflite")
+    produces = "profile"
+    requires = ("numpy",)
+    extra = ""
+
+    def config(self, ctx: StageContext) -> dict:
+        return {"benchmark": ctx.target.benchmark.model_dump(), "transport": ctx.target.transport.model_dump(),
+                "runtime": ctx.target.runtime, "agent": sha256_file(agent_path()),
+                "golden": ctx.deps["verification"].sha256}
+
+    def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
+        from targets.transport import make_transport, run_agent
+
+        b = ctx.target.benchmark
+        golden = ctx.deps["verification"].path("golden")
+        try:
+            with make_transport(ctx.target.transport.kind) as transport:
+                model_dir = transport.push(artifact.root, "model")
+                golden_dir = transport.push(golden, "golden")
+                model_file = f"{model_dir}/{artifact.meta['main_file']}"
+                args = ["--model", model_file, "--format", FORMAT_OF_KIND[artifact.kind], "--threads", str(b.threads),
+                        "--warmup", str(b.warmup), "--iterations", str(b.iterations), "--golden", golden_dir]
+                with ctx.progress.task(f"profile {ctx.target.name} ({b.iterations} runs)", None):
+                    result = run_agent(transport, args, timeout_s=b.timeout_s, threads=b.threads)
+        except TransportError as err:
+            raise StageError(f"profiling on {ctx.target.transport.kind} failed: {err}") from err
+        golden_result = result.get("golden", {})
+        if golden_result.get("passed") != golden_result.get("checked"):
+            fails = golden_result.get("failures") or ["?"]
+            raise StageError(f"golden self-test failed on {ctx.target.transport.kind}: {fails[0]}")
+        result["transport"] = ctx.target.transport.kind
+        (ctx.workdir / "profile.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+        return ctx.artifact("profile", component=artifact.component, precision=artifact.precision, meta=result)

@@ -1,0 +1,76 @@
+"""Release publishing: finished BuildState -> dist/<release>/{<target>/, <target>.tar.gz, index.json, report.html,
+release.resolved.yaml}. Only passed targets get a bundle; a failed target's old bundle is removed."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .bundle import config_hash, git_commit, publish, remove_bundle, stage_bundle, write_json, write_tar
+from .config import REPO_ROOT
+from .report import report_html
+from .runner import BuildState
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resolved_config(state: BuildState) -> dict:
+    return {"release": state.plan.release.model_dump(mode="json"),
+            "targets": {tp.name: tp.profile.model_dump(mode="json") for tp in state.plan.targets},
+            "dataset_dir": str(state.plan.dataset_dir)}
+
+
+def publish_release(state: BuildState, dist: Path) -> dict:
+    """Write every passed target's bundle and the release index/report; returns the index."""
+    release = state.plan.release
+    release_dir = Path(dist) / release.release
+    release_dir.mkdir(parents=True, exist_ok=True)
+    commit = git_commit(REPO_ROOT)
+    entries = []
+    for result in state.targets:
+        profile = result.plan.profile
+        entry = {"target": profile.name, "format": profile.format, "precision": profile.precision,
+                 "status": result.status, "reasons": result.reasons,
+                 "verification": result.verification.meta if result.verification else None,
+                 "latency_ms": result.profile.meta.get("latency_ms") if result.profile else None,
+                 "model_size_bytes": result.model.main_file.stat().st_size if result.model else None}
+        if result.status == "passed":
+            ctx = {"release": release, "profile": profile, "result": result, "iospec": state.iospec,
+                   "dataset_dir": state.plan.dataset_dir, "git_commit": commit,
+                   "config_hash": config_hash(release, profile), "edgepipe_version": __version__}
+            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{profile.name}-", dir=release_dir))
+            try:
+                stage_bundle(staging, ctx)
+                write_tar(staging, release_dir / f"{profile.name}.tar.gz", profile.name)
+                publish(staging, release_dir / profile.name)
+            except BaseException:
+                import shutil
+
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            from .artifact import sha256_file
+
+            entry["bundle"] = f"{profile.name}.tar.gz"
+            entry["bundle_sha256"] = sha256_file(release_dir / f"{profile.name}.tar.gz")
+        else:
+            remove_bundle(release_dir, profile.name)
+        entries.append(entry)
+    index = {"schema_version": 1, "release": release.release, "git_commit": commit,
+             "model": release.model.model_dump(mode="json"),
+             "reference_accuracy": state.reference.meta.get("accuracy"),
+             "eval_samples": state.reference.meta.get("samples"), "targets": entries,
+             "stages": [{"stage": r.stage, "target": r.target, "cached": r.cached, "sha256": r.sha256}
+                        for r in state.records]}
+    _atomic_text(release_dir / "release.resolved.yaml", yaml.safe_dump(resolved_config(state), sort_keys=True))
+    _atomic_text(release_dir / "report.html", report_html(index))
+    tmp = release_dir / ".tmp-index.json"
+    write_json(tmp, index)
+    os.replace(tmp, release_dir / "index.json")
+    return index

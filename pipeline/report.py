@@ -1,0 +1,142 @@
+"""Human-facing output: build results -> the console summary table, report.html (with a latency chart) and
+each bundle's README.md."""
+from __future__ import annotations
+
+import html
+
+COLUMNS = ["target", "format", "precision", "size", "accuracy", "drop (pt)", "agreement", "cosine",
+           "p50 ms", "p90 ms", "status"]
+
+
+def _fmt_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
+
+
+def summary_rows(entries: list[dict]) -> list[list[str]]:
+    """One row per target from index.json entries."""
+    rows = []
+    for e in entries:
+        v, lat = e.get("verification") or {}, e.get("latency_ms") or {}
+        cos = min((o["cosine_mean"] for o in v.get("outputs", {}).values()), default=None)
+        rows.append([
+            e["target"], e["format"], e["precision"], _fmt_size(e.get("model_size_bytes")),
+            f"{v['accuracy'] * 100:.2f}%" if "accuracy" in v else "-",
+            f"{v['accuracy_drop_pt']:+.2f}" if "accuracy_drop_pt" in v else "-",
+            f"{v['agreement'] * 100:.2f}%" if "agreement" in v else "-",
+            f"{cos:.5f}" if cos is not None else "-",
+            f"{lat['p50']:.3f}" if "p50" in lat else "-",
+            f"{lat['p90']:.3f}" if "p90" in lat else "-",
+            e["status"],
+        ])
+    return rows
+
+
+def print_summary(console, index: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"edgepipe release {index['release']}  (fp32 torch eval accuracy "
+                        f"{index['reference_accuracy'] * 100:.2f}%)")
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in ("target", "format", "precision", "status") else "right")
+    for row, entry in zip(summary_rows(index["targets"]), index["targets"]):
+        style = "green" if entry["status"] == "passed" else "red"
+        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/{style}]")
+    console.print(table)
+    for entry in index["targets"]:
+        for reason in entry.get("reasons", []):
+            console.print(f"[red]{entry['target']}[/red]: {reason}")
+
+
+def _latency_svg(entries: list[dict]) -> str:
+    bars = [(e["target"], (e.get("latency_ms") or {}).get("p50")) for e in entries]
+    bars = [(t, v) for t, v in bars if v is not None]
+    if not bars:
+        return "<p>No latency measured.</p>"
+    top = max(v for _, v in bars) or 1.0
+    row_h, width, label_w = 26, 420, 190
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + width + 90}" height="{row_h * len(bars) + 10}">']
+    for i, (target, value) in enumerate(bars):
+        y = 5 + i * row_h
+        w = max(2.0, width * value / top)
+        parts.append(f'<text x="0" y="{y + 16}" font-size="13">{html.escape(target)}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="18" fill="#4a7bd0"/>')
+        parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + 16}" font-size="12">{value:.3f} ms</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def report_html(index: dict) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = []
+    for row, entry in zip(summary_rows(index["targets"]), index["targets"]):
+        cls = "ok" if entry["status"] == "passed" else "bad"
+        cells = "".join(f"<td>{html.escape(c)}</td>" for c in row)
+        body.append(f'<tr class="{cls}">{cells}</tr>')
+    reasons = "".join(f"<li><b>{html.escape(e['target'])}</b>: {html.escape(r)}</li>"
+                      for e in index["targets"] for r in e.get("reasons", []))
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>edgepipe {html.escape(index['release'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} tr.ok td:last-child{{color:#080}}
+tr.bad td:last-child{{color:#c00}}</style></head><body>
+<h1>Release {html.escape(index['release'])}</h1>
+<p>Model factory <code>{html.escape(index['model']['factory'])}</code>, fp32 torch eval accuracy
+{index['reference_accuracy'] * 100:.2f}% on {index['eval_samples']} held-out samples. Git commit
+<code>{html.escape(index['git_commit'])}</code>.</p>
+<table><tr>{head}</tr>{''.join(body)}</table>
+<h2>Failures</h2><ul>{reasons or '<li>none</li>'}</ul>
+<h2>Latency p50 per target (1 run of the agent, warm-up excluded)</h2>{_latency_svg(index['targets'])}
+</body></html>
+"""
+
+
+def bundle_readme(manifest: dict) -> str:
+    v = manifest["verification"]
+    lat = (manifest.get("latency") or {}).get("latency_ms")
+    inputs = "\n".join(
+        f"| `{t['name']}` | {t['dtype']} | {list(t['shape'])} | {t['layout']} | {t.get('modality', '')} |"
+        for t in manifest["iospec"]["inputs"])
+    outputs = "\n".join(f"| `{t['name']}` | {t['dtype']} | {list(t['shape'])} |" for t in manifest["iospec"]["outputs"])
+    latency = (f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms ({manifest['latency']['threads']} thread(s), "
+               f"{manifest['latency']['runtime']} {manifest['latency']['runtime_version']}, "
+               f"{manifest['latency']['cpu_model']})" if lat else "not measured")
+    acc = (f"{v['accuracy'] * 100:.2f}% (drop {v['accuracy_drop_pt']:+.2f} pt vs fp32 torch)"
+           if "accuracy" in v else "n/a")
+    return f"""# {manifest['release']} / {manifest['target']}
+
+{manifest['format']} {manifest['precision']} model for `{manifest['runtime']}`.
+
+## Load it
+
+```python
+import onnxruntime as ort, numpy as np
+sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+# feeds: one array per input below, batch 1, preprocessed as manifest.json "iospec" says
+```
+
+Self-test: `edgepipe verify <this bundle>` re-hashes every file and runs the vectors in `golden/`.
+
+## Inputs
+
+| name | dtype | shape | layout | modality |
+|---|---|---|---|---|
+{inputs}
+
+## Outputs
+
+| name | dtype | shape |
+|---|---|---|
+{outputs}
+
+## Measured
+
+- eval accuracy: {acc}; top-1 agreement with fp32: {v['agreement'] * 100:.2f}% on {v['samples']} samples
+- latency: {latency}
+
+## Provenance
+
+git commit `{manifest['git_commit']}`, config hash `{manifest['config_hash'][:16]}`, calibration fingerprint
+`{(manifest['calibration_fingerprint'] or '-')[:16]}`. Tool versions and file hashes: `manifest.json`.
+"""

@@ -1,0 +1,121 @@
+"""Stage base class, the explicit stage registry and the per-stage context: registry name -> Stage instance.
+
+Stages are small classes imported on demand from "module:Class" strings, so the registry costs nothing to
+import. A stage writes only under `ctx.workdir` and returns `ctx.artifact(...)`.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .artifact import Artifact, collect_files
+from .errors import MissingDependencyError
+
+if TYPE_CHECKING:
+    from .calibration import CalibrationSet
+    from .config import ReleaseConfig, TargetProfile
+    from .data import Dataset
+    from .iospec import IOSpec
+    from .progress import Progress
+
+STAGES: dict[str, str] = {
+    "load": "pipeline.load:LoadModel",
+    "reference": "pipeline.load:ReferenceOutputs",
+    "export_onnx": "pipeline.export.onnx:ExportOnnx",
+    "quantize_onnx": "pipeline.export.onnx:QuantizeOnnx",
+    "verify": "pipeline.verify:Verify",
+    "profile": "pipeline.profile:Profile",
+}
+
+
+class Stage:
+    """One step: consumes artifacts of `consumes` kinds, produces one of kind `produces`."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    consumes: ClassVar[tuple[str, ...]] = ()
+    produces: ClassVar[str]
+    needs_calibration: ClassVar[bool] = False
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
+
+    def config(self, ctx: "StageContext") -> dict:
+        """The settings that change this stage's output (part of the cache key)."""
+        return {}
+
+    def tool_versions(self) -> dict[str, str]:
+        return tool_versions(self.requires)
+
+    def run(self, artifact: Artifact | None, ctx: "StageContext") -> Artifact:
+        raise NotImplementedError
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may use. `workdir` is the only place it may write."""
+
+    release: "ReleaseConfig"
+    base_dir: Path
+    iospec: "IOSpec"
+    dataset: "Dataset"
+    progress: "Progress"
+    target: "TargetProfile | None" = None
+    calibration: "CalibrationSet | None" = None
+    deps: dict[str, Artifact] = field(default_factory=dict)
+    workdir: Path | None = None
+    stage: "Stage | None" = None
+    parents: tuple[str, ...] = ()
+
+    def artifact(self, kind: str, component: str = "model", precision: str = "fp32", meta: dict | None = None,
+                 main_file: str | None = None) -> Artifact:
+        meta = dict(meta or {})
+        if main_file:
+            meta["main_file"] = main_file
+        return Artifact(kind=kind, stage=self.stage.name, component=component, precision=precision,
+                        files=collect_files(self.workdir), parents=self.parents,
+                        tool_versions=self.stage.tool_versions(), meta=meta, root=self.workdir)
+
+
+def missing_imports(names: tuple[str, ...]) -> list[str]:
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+def get_stage(name: str) -> Stage:
+    """Instantiate a registered stage; its module is imported now, never at `import pipeline`."""
+    target = STAGES[name]
+    module_name, cls_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    missing = missing_imports(cls.requires)
+    if missing:
+        raise MissingDependencyError(
+            f"stage '{name}' needs {', '.join(missing)}: pip install 'edgepipe[{cls.extra}]'"
+        )
+    return cls()
+
+
+def stage_class_info(name: str) -> dict[str, Any]:
+    """Static facts of a stage without importing heavy modules (its module must stay light at import)."""
+    module_name, cls_name = STAGES[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return {"consumes": cls.consumes, "produces": cls.produces, "requires": cls.requires, "extra": cls.extra,
+            "needs_calibration": cls.needs_calibration, "version": cls.version}
+
+
+_VERSION_NAMES = {"onnxruntime": "onnxruntime", "onnx": "onnx", "torch": "torch", "onnxslim": "onnxslim",
+                  "numpy": "numpy", "openvino": "openvino", "nncf": "nncf"}
+
+
+def tool_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of the given distributions (without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for n in sorted(set(names) | {"numpy"}):
+        try:
+            out[n] = version(_VERSION_NAMES.get(n, n))
+        except PackageNotFoundError:
+            out[n] = "absent"
+    return out

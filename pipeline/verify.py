@@ -1,0 +1,102 @@
+"""Verification: one exported artifact + the fp32 torch reference -> fidelity metrics and golden vectors.
+
+Runs the artifact through the same runtime code the device agent uses (targets/agent.py) on the held-out
+eval split, sample by sample at batch 1, as a device would.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .artifact import Artifact
+from .errors import StageError
+from .stages import Stage, StageContext
+
+FORMAT_OF_KIND = {"onnx": "onnx", "openvino": "openvino", "tflite": "tflite"}
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(den > 0, num / np.maximum(den, 1e-300), (np.abs(a - b).max(1) == 0).astype(np.float64))
+
+
+def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], labels: np.ndarray | None,
+            ref_accuracy: float | None, main_output: str) -> dict:
+    """Fidelity of artifact outputs against reference outputs (all arrays have a leading sample axis)."""
+    per_output = {}
+    for name, ref in reference.items():
+        got = outputs[name]
+        cos = cosine_rows(got, ref)
+        per_output[name] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                            "max_abs_err": float(np.abs(got.astype(np.float64) - ref).max())}
+    got, ref = outputs[main_output], reference[main_output]
+    result = {"samples": int(len(ref)), "outputs": per_output,
+              "agreement": float((got.argmax(-1) == ref.argmax(-1)).mean())}
+    if labels is not None:
+        acc = float((got.argmax(-1) == labels).mean())
+        result["accuracy"] = acc
+        result["reference_accuracy"] = ref_accuracy
+        result["accuracy_drop_pt"] = round((ref_accuracy - acc) * 100.0, 6)
+    return result
+
+
+class Verify(Stage):
+    name = "verify"
+    version = 1
+    consumes = ("onnx", "openvino", "tflite")
+    produces = "verification"
+    requires = ("numpy",)
+    extra = ""
+
+    def config(self, ctx: StageContext) -> dict:
+        g = ctx.target.gates
+        return {"golden_count": ctx.release.golden_count, "atol": g.golden_atol, "rtol": g.golden_rtol,
+                "threads": ctx.target.benchmark.threads, "reference": ctx.deps["reference"].sha256}
+
+    def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
+        from targets.agent import open_model, write_golden
+
+        ref_art = ctx.deps["reference"]
+        fmt = FORMAT_OF_KIND[artifact.kind]
+        try:
+            session = open_model(str(artifact.main_file), fmt, ctx.target.benchmark.threads)
+        except Exception as err:
+            raise StageError(f"{fmt} runtime cannot load the artifact: {str(err).splitlines()[0]}") from err
+        split = ctx.dataset.split("eval")
+        collected: dict[str, list[np.ndarray]] = {n: [] for n in ctx.iospec.output_names}
+        with ctx.progress.task(f"verify {ctx.target.name} on eval", len(split)) as task:
+            for i in range(len(split)):
+                out = session.run(split.sample(i))
+                for name in collected:
+                    collected[name].append(np.asarray(out[name], dtype=np.float32))
+                task.advance()
+        outputs = {k: np.concatenate(v) for k, v in collected.items()}
+        reference = {n: np.load(ref_art.path(f"eval.{n}.npy")) for n in ctx.iospec.output_names}
+        labels = np.load(ref_art.path("labels.npy")) if "labels.npy" in ref_art.files else None
+        result = compare(outputs, reference, labels, ref_art.meta.get("accuracy"), ctx.iospec.output_names[0])
+        result["runtime"] = {"name": session.runtime_name, "version": session.runtime_version}
+        k = min(ctx.release.golden_count, len(split))
+        g = ctx.target.gates
+        write_golden(ctx.workdir / "golden", [split.sample(i) for i in range(k)],
+                     [{n: outputs[n][i : i + 1] for n in outputs} for i in range(k)], g.golden_atol, g.golden_rtol)
+        (ctx.workdir / "verification.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+        return ctx.artifact("verification", component=artifact.component, precision=artifact.precision, meta=result)
+
+
+def gate_failures(result: dict, gates) -> list[str]:
+    """Human-readable reasons a verification result fails the target's gates (empty = pass)."""
+    reasons = []
+    drop = result.get("accuracy_drop_pt")
+    if drop is not None and drop > gates.max_accuracy_drop_pt:
+        reasons.append(f"accuracy drop {drop:.2f} pt > {gates.max_accuracy_drop_pt} pt")
+    if gates.min_agreement is not None and result["agreement"] < gates.min_agreement:
+        reasons.append(f"top-1 agreement {result['agreement']:.4f} < {gates.min_agreement}")
+    if gates.min_cosine is not None:
+        for name, m in result["outputs"].items():
+            if m["cosine_mean"] < gates.min_cosine:
+                reasons.append(f"output '{name}' cosine {m['cosine_mean']:.4f} < {gates.min_cosine}")
+    return reasons
