@@ -70,7 +70,10 @@ class Verify(Stage):
         collected: dict[str, list[np.ndarray]] = {n: [] for n in ctx.iospec.output_names}
         with ctx.progress.task(f"verify {ctx.target.name} on eval", len(split)) as task:
             for i in range(len(split)):
-                out = session.run(split.sample(i))
+                try:
+                    out = session.run(split.sample(i))
+                except Exception as err:  # the agent's AgentError: one line naming the input
+                    raise StageError(f"{fmt} runtime failed on eval sample {i}: {str(err).splitlines()[0]}") from err
                 for name in collected:
                     collected[name].append(np.asarray(out[name], dtype=np.float32))
                 task.advance()

@@ -4,7 +4,7 @@ onnx, onnxruntime and onnxslim are imported inside the stages only.
 """
 from __future__ import annotations
 
-import numpy as np
+import logging
 
 from ..artifact import Artifact
 from ..errors import StageError
@@ -151,6 +151,7 @@ class QuantizeOnnx(Stage):
         if c.method == "percentile":
             extra["CalibPercentile"] = c.percentile
         out_path = ctx.workdir / "model.onnx"
+        logging.disable(logging.WARNING)  # ORT logs advice to the root logger; our report says what matters
         try:
             with ctx.progress.task(f"calibrate {c.method} x{len(calib)}", len(calib)) as task:
                 quantize_static(str(artifact.main_file), str(out_path), _Reader(calib, task),
@@ -161,6 +162,8 @@ class QuantizeOnnx(Stage):
         except Exception as err:
             raise StageError(f"onnxruntime quantize_static failed: {type(err).__name__}: {str(err).splitlines()[0]}"
                              ) from err
+        finally:
+            logging.disable(logging.NOTSET)
         qmodel = onnx.load(str(out_path))
         ops = op_histogram(qmodel)
         meta = {"ops": ops, "nodes": len(qmodel.graph.node), "kept_float_nodes": excluded,

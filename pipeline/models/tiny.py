@@ -1,0 +1,267 @@
+"""Tiny multimodal reference model: factory params + the tiny_mm dataset -> a trained torch model
+(image + tokens + audio -> 4-class logits) that trains in seconds on a CPU.
+
+The architecture sticks to ops every exporter here handles (Conv, MatMul, Gather, ReduceMean, Softmax, Log):
+the audio tower computes its log-mel spectrogram in the graph with fixed DFT kernels run as a strided conv1d,
+because torch.stft does not export to ONNX opset 17 nor convert to TFLite/OpenVINO int8.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+from ..iospec import AudioPreprocessing, ImagePreprocessing, IOSpec, TensorSpec, TokenizerPreprocessing
+from . import FactoryContext
+
+# Must equal calibration_data/tiny_mm/labels.txt (a test checks it).
+LABELS = ("indoor_consistent", "indoor_anomaly", "outdoor_consistent", "outdoor_anomaly")
+# Per-channel mean/std of the tiny_mm train images scaled to 0..1 (dataset.json: image_mean / image_std).
+IMAGE_MEAN = (0.5078, 0.5086, 0.5055)
+IMAGE_STD = (0.2199, 0.2247, 0.2236)
+VOCAB_SIZE = 74  # lines in calibration_data/tiny_mm/vocab.txt
+MAX_TOKENS = 16
+IMAGE_SIZE = 24
+SAMPLE_RATE_HZ = 4000
+NUM_SAMPLES = 512
+PAD_ID = 0
+LOG_EPS = 1e-6
+
+
+class TinyParams(BaseModel):
+    """Factory params (the `model.params` mapping of a release config); every key is optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fusion: Literal["concat", "attention"] = Field("concat", description="how the three tower embeddings meet")
+    embed_dim: int = Field(32, ge=4, le=256, description="width of each tower's output embedding")
+    hidden_dim: int = Field(64, ge=4, le=1024, description="width of the fusion MLP's hidden layer")
+    epochs: int = Field(12, ge=1, le=500, description="training epochs over the train split")
+    batch_size: int = Field(64, ge=1, le=4096, description="training mini-batch size")
+    lr: float = Field(3e-3, gt=0, le=1.0, description="Adam learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    threads: int = Field(2, ge=1, le=64, description="torch CPU threads while training (fixed for reproducibility)")
+    n_fft: int = Field(128, ge=16, le=NUM_SAMPLES, description="audio front-end DFT window length (samples)")
+    hop: int = Field(32, ge=1, le=NUM_SAMPLES, description="audio front-end hop between frames (samples)")
+    n_mels: int = Field(24, ge=4, le=128, description="mel bands of the audio front-end")
+    vocab_size: int = Field(VOCAB_SIZE, ge=2, description="token embedding rows (lines of vocab.txt)")
+
+
+def parse_params(params: dict | None) -> TinyParams:
+    """Raw params -> TinyParams; any unknown key or bad value -> one-line ConfigError naming the key."""
+    try:
+        return TinyParams(**(params or {}))
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "params"
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(TinyParams.model_fields)
+            msg = f"unknown TinyMultimodal param '{key}'; known params: {known}"
+        else:
+            msg = f"TinyMultimodal param '{key}': {first['msg']} (got {first.get('input')!r})"
+        raise ConfigError(msg) from err
+
+
+def _mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 60.0) -> np.ndarray:
+    """Triangular HTK-mel filters over the rfft bins -> [n_mels, n_fft // 2 + 1], each row summing to 1."""
+    def hz_to_mel(f):
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    def mel_to_hz(m):
+        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+
+    bins_hz = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(sample_rate / 2), n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins_hz - lower) / (centre - lower)
+    falling = (upper - bins_hz) / (upper - centre)
+    fb = np.clip(np.minimum(rising, falling), 0.0, None)
+    # Low filters can be narrower than one bin; give each at least its nearest bin so none is dead.
+    for row, c in zip(fb, centre[:, 0]):
+        if row.sum() == 0:
+            row[np.argmin(np.abs(bins_hz - c))] = 1.0
+    return (fb / fb.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class LogMel(nn.Module):
+    """Waveform [B, S] -> log-mel [B, n_mels, frames] with fixed (non-trainable buffer) kernels."""
+
+    def __init__(self, n_fft: int, hop: int, n_mels: int, sample_rate: int):
+        super().__init__()
+        self.hop = hop
+        n = np.arange(n_fft)
+        k = np.arange(n_fft // 2 + 1)[:, None]
+        window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)  # periodic Hann
+        angle = 2 * np.pi * k * n / n_fft
+        # Real and imaginary DFT rows stacked as conv1d output channels: one Conv node does the whole DFT.
+        kernel = np.concatenate([window * np.cos(angle), -window * np.sin(angle)])[:, None, :]
+        self.register_buffer("dft_kernel", torch.from_numpy(kernel.astype(np.float32)))
+        self.register_buffer("mel_fb", torch.from_numpy(_mel_filterbank(n_fft, n_mels, sample_rate)))
+        self.n_bins = n_fft // 2 + 1
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        spec = F.conv1d(audio.unsqueeze(1), self.dft_kernel, stride=self.hop)
+        real, imag = spec[:, : self.n_bins], spec[:, self.n_bins :]
+        power = real * real + imag * imag  # Mul/Add, not Pow: friendlier to TFLite int8
+        return torch.log(torch.matmul(self.mel_fb, power) + LOG_EPS)
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1, dims: int = 2) -> nn.Sequential:
+    conv = nn.Conv2d if dims == 2 else nn.Conv1d
+    bn = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+    return nn.Sequential(conv(cin, cout, 3, stride=stride, padding=1, bias=False), bn(cout), nn.ReLU())
+
+
+class TextTower(nn.Module):
+    """Token ids [B, T] -> embedding [B, D] by masked mean pooling (pads do not count)."""
+
+    def __init__(self, vocab_size: int, dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens != PAD_ID).to(torch.float32).unsqueeze(-1)
+        summed = (self.embed(tokens) * mask).sum(dim=1)
+        # clamp: an all-pad sequence gives a zero embedding instead of NaN.
+        return torch.relu(self.proj(summed / mask.sum(dim=1).clamp(min=1.0)))
+
+
+class ImageTower(nn.Module):
+    """Image [B, 3, 24, 24] -> embedding [B, D]: three conv/bn/relu blocks and global max pooling.
+
+    Max, not average: the object covers a few percent of the frame, and averaging its edge responses with the
+    background's left the CNN at chance on tiny_mm, while max pooling learns it in a few epochs.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.features = nn.Sequential(_conv_bn(3, 16), _conv_bn(16, 32, 2), _conv_bn(32, 32, 2))
+        self.proj = nn.Linear(32, dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.proj(self.features(image).amax(dim=(2, 3))))
+
+
+class AudioTower(nn.Module):
+    """Waveform [B, 512] -> embedding [B, D]: in-graph log-mel, normalisation, two conv1d blocks, time pooling."""
+
+    def __init__(self, p: TinyParams):
+        super().__init__()
+        self.logmel = LogMel(p.n_fft, p.hop, p.n_mels, SAMPLE_RATE_HZ)
+        self.norm = nn.BatchNorm1d(p.n_mels)  # log-mel values sit around -14..6; centre them per band
+        self.features = nn.Sequential(_conv_bn(p.n_mels, 32, dims=1), _conv_bn(32, 32, dims=1))
+        self.proj = nn.Linear(32, p.embed_dim)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        x = self.features(self.norm(self.logmel(audio)))
+        return torch.relu(self.proj(x.mean(dim=2)))
+
+
+class AttentionFusion(nn.Module):
+    """Three tower embeddings -> [B, 3 * D]: one single-head self-attention over the modality tokens."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.modality = nn.Parameter(torch.zeros(3, dim))
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.stack(parts, dim=1) + self.modality
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        attn = torch.softmax(torch.matmul(q, k.transpose(1, 2)) * self.scale, dim=-1)
+        x = self.norm(x + self.out(torch.matmul(attn, v)))
+        return x.flatten(1)
+
+
+class TinyMultimodalNet(nn.Module):
+    """forward(image, tokens, audio) -> logits [B, 4]."""
+
+    def __init__(self, p: TinyParams):
+        super().__init__()
+        self.text = TextTower(p.vocab_size, p.embed_dim)
+        self.image = ImageTower(p.embed_dim)
+        self.audio = AudioTower(p)
+        self.fusion = AttentionFusion(p.embed_dim) if p.fusion == "attention" else None
+        self.head = nn.Sequential(nn.Linear(3 * p.embed_dim, p.hidden_dim), nn.ReLU(),
+                                  nn.Linear(p.hidden_dim, len(LABELS)))
+
+    def forward(self, image: torch.Tensor, tokens: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        parts = [self.image(image), self.text(tokens), self.audio(audio)]
+        fused = torch.cat(parts, dim=1) if self.fusion is None else self.fusion(parts)
+        return self.head(fused)
+
+
+def _fit(model: nn.Module, inputs: list[torch.Tensor], labels: torch.Tensor, p: TinyParams,
+         seed: int, ctx: FactoryContext) -> None:
+    """Mini-batch AdamW on the train split; the shuffle order comes from a seeded numpy Generator."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    steps_per_epoch = math.ceil(len(labels) / p.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=p.lr, total_steps=p.epochs * steps_per_epoch)
+    order_rng = np.random.default_rng(seed)
+    model.train()
+    with ctx.progress.task("train tiny multimodal", total=p.epochs) as task:
+        for _ in range(p.epochs):
+            order = torch.from_numpy(order_rng.permutation(len(labels)))
+            for start in range(0, len(labels), p.batch_size):
+                idx = order[start : start + p.batch_size]
+                loss = F.cross_entropy(model(*(x[idx] for x in inputs)), labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            task.advance(1)
+    model.eval()
+
+
+class TinyMultimodal:
+    """Model factory for `pipeline.models.tiny:TinyMultimodal` (see pipeline/models/__init__.py)."""
+
+    def iospec(self, params: dict | None = None) -> IOSpec:
+        parse_params(params)  # unknown keys fail here too, before any data is touched
+        tokenizer = TokenizerPreprocessing(vocab_file="vocab.txt", max_length=MAX_TOKENS, pad_id=PAD_ID, unk_id=1)
+        return IOSpec(
+            inputs=(
+                TensorSpec(name="image", shape=(1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype="float32", layout="NCHW",
+                           modality="image", source_field="image",
+                           preprocessing=ImagePreprocessing(mean=IMAGE_MEAN, std=IMAGE_STD)),
+                TensorSpec(name="tokens", shape=(1, MAX_TOKENS), dtype="int64", layout="NT", modality="text",
+                           source_field="text", preprocessing=tokenizer),
+                TensorSpec(name="audio", shape=(1, NUM_SAMPLES), dtype="float32", layout="NS", modality="audio",
+                           source_field="audio",
+                           preprocessing=AudioPreprocessing(sample_rate_hz=SAMPLE_RATE_HZ, num_samples=NUM_SAMPLES)),
+            ),
+            outputs=(TensorSpec(name="logits", shape=(1, len(LABELS)), dtype="float32", layout="NC"),),
+            labels=LABELS,
+        )
+
+    def construct(self, params: dict | None = None) -> nn.Module:
+        return TinyMultimodalNet(parse_params(params)).eval()
+
+    def create(self, params: dict | None, ctx: FactoryContext) -> nn.Module:
+        p = parse_params(params)
+        train = ctx.dataset.split("train")
+        if train.labels is None:
+            raise ConfigError(f"{ctx.dataset.root}/train.npz has no 'label' field; the tiny model trains on it")
+        names = self.iospec(params).input_names
+        inputs = [torch.from_numpy(train.inputs[name]) for name in names]
+        labels = torch.from_numpy(train.labels)
+        previous_threads = torch.get_num_threads()
+        # Fixed thread count and seed: the same seed gives bit-identical weights on any host.
+        torch.set_num_threads(p.threads)
+        try:
+            torch.manual_seed(ctx.seed)
+            model = TinyMultimodalNet(p)
+            _fit(model, inputs, labels, p, ctx.seed, ctx)
+        finally:
+            torch.set_num_threads(previous_threads)
+        return model

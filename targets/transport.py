@@ -1,0 +1,299 @@
+"""Transports: how the host reaches a device (probe / push / run / pull) -> RunResult and the agent's JSON dict.
+
+A Transport owns a remote work dir on its device. `push` copies files there under safe relative names, `run`
+executes an argv list (never a shell string) with a timeout, `pull` copies results back. `run_agent` pushes
+`targets/agent.py` once per transport and returns the agent's parsed JSON line. The host itself is a device
+too (`LocalTransport`), so host profiling goes through the same path as a remote board.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import TransportError
+
+AGENT_SOURCE = Path(__file__).with_name("agent.py")
+AGENT_REMOTE_NAME = "edgepipe_agent.py"
+# Remote names end up in scp/adb command lines later: a portable character set, and no component may
+# start with "-" (it would read as an option) or be "." / "..".
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._/-]+$")
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# Imported on the device by `probe`; the module is what must import, the distribution gives the version.
+_PROBE_MODULES = {
+    "numpy": "numpy",
+    "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
+    "ai_edge_litert": "ai_edge_litert.interpreter",
+    "tflite_runtime": "tflite_runtime.interpreter",
+    "tensorflow": "tensorflow",
+}
+# Runs on the device's Python (maybe old): plain syntax, one JSON line out.
+_PROBE_SNIPPET = r"""
+import importlib, json, platform, sys
+found = {}
+for name, module in %r:
+    try:
+        mod = importlib.import_module(module)
+        top = sys.modules[module.split(".")[0]]
+        found[name] = {"available": True, "version": str(getattr(top, "__version__", "unknown"))}
+    except Exception as exc:
+        found[name] = {"available": False, "error": (type(exc).__name__ + ": " + str(exc)).splitlines()[0][:200]}
+print(json.dumps({"machine": platform.machine(), "os": platform.platform(), "system": platform.system(),
+                  "python": platform.python_version(), "python_executable": sys.executable, "runtimes": found}))
+""" % (sorted(_PROBE_MODULES.items()),)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a command did on the device. Text is decoded as UTF-8 with replacement characters."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+
+def check_remote_name(name: str) -> str:
+    """Return `name` if it is a safe relative path for the remote work dir, else raise TransportError."""
+    if not isinstance(name, str) or not name:
+        raise TransportError(f"remote name must be a non-empty string, got {name!r}")
+    if "\x00" in name or not _SAFE_NAME.match(name):
+        raise TransportError(f"remote name {name!r} may only use letters, digits and . _ / -")
+    if name.startswith("/"):
+        raise TransportError(f"remote name {name!r} must be relative to the transport's work dir")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") or p.startswith("-") for p in parts):
+        raise TransportError(f"remote name {name!r}: no empty, '.', '..' or '-'-leading path components")
+    return name
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else "..." + flat[-(limit - 3):]
+
+
+class Transport(ABC):
+    """A device reachable from the host. Use it as a context manager so `close` always runs."""
+
+    kind = "abstract"
+    python = sys.executable  # interpreter to use on the device; implementations set their own
+    # Remote path of the agent once `run_agent` pushed it (one push per transport).
+    agent_remote: str | None = None
+
+    @abstractmethod
+    def push(self, local: Path, remote_name: str) -> str:
+        """Copy a file or directory into the remote work dir as `remote_name`; return its remote path."""
+
+    @abstractmethod
+    def run(self, argv: list, timeout_s: float, env: dict | None = None) -> RunResult:
+        """Run argv in the remote work dir; `env` entries are added to the device's environment."""
+
+    @abstractmethod
+    def pull(self, remote_path: str, local: Path) -> None:
+        """Copy a remote file or directory (inside the work dir) to `local`."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the device and remove what this transport created there; safe to call twice."""
+
+    def probe(self, timeout_s: float = 120.0) -> dict:
+        """Machine, OS, Python version and which runtimes import on the device (importing TF can be slow)."""
+        result = self.run([self.python, "-c", _PROBE_SNIPPET], timeout_s=timeout_s)
+        info = _last_json_line(result.stdout)
+        if result.returncode != 0 or info is None:
+            raise TransportError(
+                f"probe failed on {self.kind} (exit {result.returncode}): {_one_line(result.stderr) or 'no output'}"
+            )
+        return info
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _check_argv(argv) -> list:
+    # A string argv would be split by nobody and run by a shell by some transports: refuse it outright.
+    if isinstance(argv, (str, bytes)) or not argv or not all(isinstance(a, str) for a in argv):
+        raise TransportError(f"argv must be a non-empty list of strings, got {argv!r}")
+    if any("\x00" in a for a in argv):
+        raise TransportError("argv entries must not contain NUL bytes")
+    return list(argv)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already gone
+
+
+class LocalTransport(Transport):
+    """The host as a device: a temp work dir (removed on close unless given) and subprocesses without a shell."""
+
+    kind = "local"
+
+    def __init__(self, workdir: Path | str | None = None, python: str = sys.executable) -> None:
+        if workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="edgepipe-local-")).resolve()
+            self._owns_workdir = True
+        else:
+            self.workdir = Path(workdir).resolve()
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._owns_workdir = False
+        self.python = python
+        self.agent_remote = None
+        self._closed = False
+
+    def _remote(self, name: str) -> Path:
+        if self._closed:
+            raise TransportError(f"local transport at {self.workdir} is closed")
+        target = (self.workdir / check_remote_name(name)).resolve()
+        # A symlink already inside the work dir could still point elsewhere: check after resolving.
+        if target != self.workdir and self.workdir not in target.parents:
+            raise TransportError(f"remote name {name!r} resolves outside the work dir {self.workdir}")
+        return target
+
+    def push(self, local: Path, remote_name: str) -> str:
+        local = Path(local)
+        target = self._remote(remote_name)
+        if not local.exists():
+            raise TransportError(f"cannot push {local}: no such file or directory")
+        try:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if local.is_dir():
+                shutil.copytree(local, target, symlinks=False)
+            else:
+                shutil.copy2(local, target)
+        except OSError as exc:
+            raise TransportError(f"cannot push {local} to {target}: {exc}") from exc
+        return str(target)
+
+    def run(self, argv: list, timeout_s: float, env: dict | None = None) -> RunResult:
+        argv = _check_argv(argv)
+        if self._closed:
+            raise TransportError(f"local transport at {self.workdir} is closed")
+        full_env = dict(os.environ, **{str(k): str(v) for k, v in (env or {}).items()})
+        start = time.monotonic()
+        try:
+            # Own session = own process group, so a timeout can kill the command and everything it spawned.
+            proc = subprocess.Popen(argv, cwd=self.workdir, env=full_env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise TransportError(f"cannot run {argv[0]!r} on local: {exc}") from exc
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            _reap(proc)
+            raise TransportError(f"{Path(argv[0]).name} on local timed out after {timeout_s:g} s") from None
+        except BaseException:  # KeyboardInterrupt too: never leave the group running
+            _kill_group(proc.pid)
+            _reap(proc)
+            raise
+        # Stragglers that detached from our pipes would outlive the run: the group goes with its leader.
+        _kill_group(proc.pid)
+        return RunResult(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                         time.monotonic() - start)
+
+    def pull(self, remote_path: str, local: Path) -> None:
+        source = Path(remote_path)
+        if not source.is_absolute():
+            source = self._remote(remote_path)
+        source = source.resolve()
+        if source != self.workdir and self.workdir not in source.parents:
+            raise TransportError(f"cannot pull {remote_path}: outside the work dir {self.workdir}")
+        if not source.exists():
+            raise TransportError(f"cannot pull {remote_path}: no such file or directory on local")
+        local = Path(local)
+        try:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, local, dirs_exist_ok=True)
+            else:
+                shutil.copy2(source, local)
+        except OSError as exc:
+            raise TransportError(f"cannot pull {remote_path} to {local}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        # Something outside the group still holds our pipes; stop reading and just collect the exit status.
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+        proc.wait()
+
+
+def _last_json_line(stdout: str) -> dict | None:
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    if not lines:
+        return None
+    try:
+        value = json.loads(lines[-1])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def run_agent(transport: Transport, agent_args: list, timeout_s: float, threads: int | None = None) -> dict:
+    """Run the agent on the device with `agent_args`; return its JSON dict plus `agent_exit_code` (0, or 3 when
+    golden vectors failed: the caller decides). Raise TransportError when it fails or answers no JSON.
+
+    `threads` also pins OMP/OpenBLAS/MKL pools, so a runtime's helper libraries do not oversubscribe the CPU.
+    """
+    if transport.agent_remote is None:
+        transport.agent_remote = transport.push(AGENT_SOURCE, AGENT_REMOTE_NAME)
+    env = {name: str(threads) for name in _THREAD_ENV} if threads is not None else None
+    result = transport.run([transport.python, transport.agent_remote, *agent_args], timeout_s=timeout_s, env=env)
+    answer = _last_json_line(result.stdout)
+    if answer is None:
+        tail = _one_line(result.stderr[-2000:], limit=300) or "empty stderr"
+        raise TransportError(f"agent on {transport.kind} gave no JSON (exit {result.returncode}); stderr: {tail}")
+    if not answer.get("ok"):
+        raise TransportError(f"agent on {transport.kind} failed: {answer.get('error', 'no error message')}")
+    if result.returncode not in (0, 3):
+        raise TransportError(f"agent on {transport.kind} reported ok but exited {result.returncode}")
+    answer["agent_exit_code"] = result.returncode
+    return answer
+
+
+# ssh, adb and qemu transports join this table in a later issue.
+TRANSPORTS = {"local": LocalTransport}
+
+
+def make_transport(kind: str, **fields) -> Transport:
+    """Build the transport named `kind` from a target profile's connection fields."""
+    cls = TRANSPORTS.get(kind)
+    if cls is None:
+        raise TransportError(f"unknown transport kind {kind!r}; known kinds: {', '.join(sorted(TRANSPORTS))}")
+    try:
+        inspect.signature(cls).bind(**fields)
+    except TypeError as exc:
+        raise TransportError(f"bad fields for transport {kind!r}: {exc}") from exc
+    return cls(**fields)
