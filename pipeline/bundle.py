@@ -40,11 +40,18 @@ def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _iospec_with_quantization(iospec, io_quant: dict) -> dict:
+def _iospec_for_artifact(iospec, meta: dict) -> dict:
+    """The IOSpec as this artifact takes it: quantization scale/zero-point and any changed layout/shape/dtype."""
     spec = iospec.model_dump(mode="json")
+    io_quant = meta.get("io_quantization", {})
+    layouts = meta.get("input_layouts") or {}
     for group in ("inputs", "outputs"):
         for tensor in spec[group]:
             tensor["quantization"] = io_quant.get(tensor["name"])
+            change = layouts.get(tensor["name"]) if group == "inputs" else None
+            if change:
+                tensor.update({k: change[k] for k in ("layout", "shape", "dtype") if k in change})
+                tensor["transpose_from_source"] = change.get("perm")
     return spec
 
 
@@ -72,7 +79,7 @@ def manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
         "tool_versions": dict(sorted(tools.items())),
         "files": files,
         "model_files": sorted(f for f in files if f.endswith(MODEL_SUFFIXES)),
-        "iospec": _iospec_with_quantization(ctx["iospec"], model.meta.get("io_quantization", {})),
+        "iospec": _iospec_for_artifact(ctx["iospec"], model.meta),
         "preprocessing_assets": sorted(f for f in files if f.startswith("assets/")),
         "quantization": ({"kept_float_nodes": model.meta.get("kept_float_nodes", []),
                           "settings": profile.quantization.model_dump(),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -44,6 +44,14 @@ class QuantizationConfig(_Strict):
     keep_float: list[str] = Field(
         default_factory=list, description="node-name prefixes (or ONNX op types) that stay in float; recorded in the manifest"
     )
+    preset: Literal["performance", "mixed"] = Field(
+        "mixed", description="OpenVINO/NNCF preset: symmetric (performance) or asymmetric activations (mixed)")
+    model_type: Literal["transformer"] | None = Field(
+        None, description="NNCF model_type; 'transformer' keeps attention-sensitive ops out of int8")
+    bias_correction: Literal["fast", "full", "none"] = Field(
+        "fast", description="NNCF bias correction after quantization")
+    io_dtype: Literal["float32", "int8", "uint8"] = Field(
+        "float32", description="TFLite int8: dtype of float model inputs/outputs (int8 writes scale/zero-point)")
 
 
 class CalibrationConfig(_Strict):
@@ -69,6 +77,11 @@ class GatesConfig(_Strict):
     golden_rtol: float = Field(1e-3, ge=0, description="rel tolerance of the on-device golden-vector self-test")
 
 
+class OpsConfig(_Strict):
+    allowed: list[str] | None = Field(None, description="op types the target runs; any other op fails the target")
+    denied: list[str] = Field(default_factory=list, description="op types that fail the target (e.g. Flex ops)")
+
+
 class TransportConfig(_Strict):
     kind: Literal["local"] = Field("local", description="how the device is reached (ssh/adb/qemu come later)")
 
@@ -76,14 +89,23 @@ class TransportConfig(_Strict):
 class TargetProfile(_Strict):
     name: str = Field(description="profile name; the file is targets/profiles/<name>.yaml")
     description: str = Field("", description="one line for humans")
-    format: Literal["onnx"] = Field(description="artifact format (onnx now; openvino and tflite come next)")
-    precision: Literal["fp32", "int8"] = Field(description="weights/activations precision")
-    runtime: Literal["onnxruntime"] = Field("onnxruntime", description="runtime that loads the artifact")
+    format: Literal["onnx", "openvino", "tflite"] = Field(description="artifact format")
+    precision: Literal["fp32", "fp16", "int8"] = Field(description="weights/activations precision")
+    runtime: Literal["onnxruntime", "openvino", "litert"] = Field(
+        "onnxruntime", description="runtime that loads the artifact (must fit the format)")
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig, description="int8 settings")
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="int8 calibration")
     transport: TransportConfig = Field(default_factory=TransportConfig, description="how to reach the device")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="latency measurement")
     gates: GatesConfig = Field(default_factory=GatesConfig, description="verification gates")
+    ops: OpsConfig = Field(default_factory=OpsConfig, description="op allow/deny lists checked on the artifact")
+
+    @model_validator(mode="after")
+    def _runtime_fits(self):
+        fits = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
+        if fits[self.format] != self.runtime:
+            raise ValueError(f"runtime '{self.runtime}' cannot load format '{self.format}'; use '{fits[self.format]}'")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -98,6 +120,10 @@ class ModelConfig(_Strict):
     factory: str = Field(description="'module:attr' of a model factory (see pipeline/models/__init__.py)")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword settings passed to the factory")
     dataset: str = Field(description="dataset directory: a name under calibration_data/ or a path")
+    keep_float: list[str] = Field(
+        default_factory=list,
+        description="ONNX node-name prefixes of this model that stay float in every int8 format "
+                    "(e.g. an in-graph log-mel front-end); added to each target's quantization.keep_float")
 
     @field_validator("factory")
     @classmethod

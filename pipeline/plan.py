@@ -22,6 +22,12 @@ SHARED_STAGES = ("load", "reference")
 EXPORT_CHAINS = {
     ("onnx", "fp32"): ("export_onnx",),
     ("onnx", "int8"): ("export_onnx", "quantize_onnx"),
+    ("openvino", "fp32"): ("export_onnx", "convert_openvino"),
+    ("openvino", "fp16"): ("export_onnx", "convert_openvino"),
+    ("openvino", "int8"): ("export_onnx", "convert_openvino", "quantize_openvino"),
+    ("tflite", "fp32"): ("export_onnx", "export_savedmodel", "convert_tflite"),
+    ("tflite", "fp16"): ("export_onnx", "export_savedmodel", "convert_tflite"),
+    ("tflite", "int8"): ("export_onnx", "export_savedmodel", "quantize_tflite"),
 }
 CHECK_STAGES = ("verify", "profile")
 

@@ -26,6 +26,11 @@ STAGES: dict[str, str] = {
     "reference": "pipeline.load:ReferenceOutputs",
     "export_onnx": "pipeline.export.onnx:ExportOnnx",
     "quantize_onnx": "pipeline.export.onnx:QuantizeOnnx",
+    "convert_openvino": "pipeline.export.openvino:ConvertOpenvino",
+    "quantize_openvino": "pipeline.export.openvino:QuantizeOpenvino",
+    "export_savedmodel": "pipeline.export.tflite:ExportSavedModel",
+    "convert_tflite": "pipeline.export.tflite:ConvertTflite",
+    "quantize_tflite": "pipeline.export.tflite:QuantizeTflite",
     "verify": "pipeline.verify:Verify",
     "profile": "pipeline.profile:Profile",
 }

@@ -16,6 +16,19 @@ from .stages import Stage, StageContext
 FORMAT_OF_KIND = {"onnx": "onnx", "openvino": "openvino", "tflite": "tflite"}
 
 
+def adapt_sample(sample: dict[str, np.ndarray], artifact: Artifact) -> dict[str, np.ndarray]:
+    """IOSpec-layout inputs -> the artifact's own input layout (e.g. NCHW -> NHWC after onnx2tf).
+
+    Exporters that change an input's layout record `meta["input_layouts"][name] = {"perm": [...], ...}`.
+    """
+    layouts = artifact.meta.get("input_layouts") or {}
+    out = {}
+    for name, value in sample.items():
+        perm = (layouts.get(name) or {}).get("perm")
+        out[name] = np.ascontiguousarray(value.transpose(perm)) if perm else value
+    return out
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.reshape(len(a), -1).astype(np.float64)
     b = b.reshape(len(b), -1).astype(np.float64)
@@ -71,7 +84,7 @@ class Verify(Stage):
         with ctx.progress.task(f"verify {ctx.target.name} on eval", len(split)) as task:
             for i in range(len(split)):
                 try:
-                    out = session.run(split.sample(i))
+                    out = session.run(adapt_sample(split.sample(i), artifact))
                 except Exception as err:  # the agent's AgentError: one line naming the input
                     raise StageError(f"{fmt} runtime failed on eval sample {i}: {str(err).splitlines()[0]}") from err
                 for name in collected:
@@ -84,7 +97,7 @@ class Verify(Stage):
         result["runtime"] = {"name": session.runtime_name, "version": session.runtime_version}
         k = min(ctx.release.golden_count, len(split))
         g = ctx.target.gates
-        write_golden(ctx.workdir / "golden", [split.sample(i) for i in range(k)],
+        write_golden(ctx.workdir / "golden", [adapt_sample(split.sample(i), artifact) for i in range(k)],
                      [{n: outputs[n][i : i + 1] for n in outputs} for i in range(k)], g.golden_atol, g.golden_rtol)
         (ctx.workdir / "verification.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         return ctx.artifact("verification", component=artifact.component, precision=artifact.precision, meta=result)

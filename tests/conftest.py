@@ -37,3 +37,31 @@ def write_release(path: Path, **overrides) -> Path:
     base.update(overrides)
     path.write_text(yaml.safe_dump(base))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory):
+    """(runner, state) for the default release: tiny model trained, fp32 reference computed, cache in tmp.
+
+    Stage tests run their stages with `runner.run_stage(state, name, artifact, target_name, profile, calib)`.
+    """
+    from pipeline.cache import Cache
+    from pipeline.config import load_release
+    from pipeline.plan import make_plan
+    from pipeline.progress import Progress
+    from pipeline.runner import Runner
+
+    cfg, base = load_release(None)
+    plan = make_plan(cfg, base)
+    runner = Runner(Cache(tmp_path_factory.mktemp("stage-cache")), Progress(enabled=False), log=lambda m: None)
+    state = runner.prepare(plan)
+    state.torch_model = runner.run_stage(state, "load", None)
+    state.reference = runner.run_stage(state, "reference", state.torch_model)
+    return runner, state
+
+
+def calibration_for(runner, state, profile):
+    """The checked calibration subset a target profile asks for."""
+    from pipeline.plan import TargetPlan
+
+    return runner.calibration_for(state, TargetPlan(profile=profile, chain=()))

@@ -8,6 +8,7 @@ import logging
 
 from ..artifact import Artifact
 from ..errors import StageError
+from . import keep_float_patterns
 from ..stages import Stage, StageContext
 
 
@@ -134,7 +135,8 @@ class QuantizeOnnx(Stage):
     extra = "onnx"
 
     def config(self, ctx: StageContext) -> dict:
-        return {"quantization": ctx.target.quantization.model_dump(), "calibration": ctx.target.calibration.model_dump()}
+        return {"quantization": ctx.target.quantization.model_dump(), "calibration": ctx.target.calibration.model_dump(),
+                "keep_float": keep_float_patterns(ctx)}
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         import onnx
@@ -143,7 +145,7 @@ class QuantizeOnnx(Stage):
         q, c = ctx.target.quantization, ctx.target.calibration
         calib = ctx.calibration
         model = onnx.load(str(artifact.main_file))
-        excluded = _keep_float_nodes(model, q.keep_float)
+        excluded = _keep_float_nodes(model, keep_float_patterns(ctx))
         qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[c.method]

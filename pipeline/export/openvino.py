@@ -1,0 +1,260 @@
+"""OpenVINO branch: ONNX fp32 artifact -> OpenVINO IR (fp32, or fp16-compressed weights) -> NNCF int8 IR per target.
+
+openvino and nncf are imported inside the stages only. Both precision defaults are set on purpose and recorded:
+`openvino.save_model` would silently store fp16 weights, and the runtime side (targets/agent.py) pins the CPU
+plugin's inference precision to f32.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+
+from ..artifact import Artifact
+from ..errors import StageError
+from ..stages import Stage, StageContext
+
+# Ops that are graph plumbing, not computation: never candidates for keep_float matching by name prefix.
+_STRUCTURAL_OPS = ("Parameter", "Result", "Constant")
+
+
+@contextlib.contextmanager
+def _no_telemetry():
+    """Keep OpenVINO's and NNCF's usage telemetry from trying the network.
+
+    Both send events unless a consent file under ~/intel says no (we must not write there). openvino_telemetry
+    declines when CI=true, and NNCF swaps in a stub when NNCF_CI is set; each decides once per process, when
+    first used, which happens inside this block (nncf import, convert_model). Restored afterwards so child
+    processes and other tools see the user's environment.
+    """
+    saved = {k: os.environ.get(k) for k in ("CI", "NNCF_CI")}
+    os.environ["CI"] = "true"
+    os.environ["NNCF_CI"] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def op_histogram(model) -> dict[str, int]:
+    """Op type name -> count over an ov.Model (Parameter/Result/Constant included: an IR is all ops)."""
+    hist: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        hist[op.get_type_name()] = hist.get(op.get_type_name(), 0) + 1
+    return dict(sorted(hist.items()))
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and not ln.strip().startswith("Exception from")]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _save(ov, model, path, compress_to_fp16: bool):
+    """Write model.xml + model.bin; returns the IR as read back, since saving changes it (weight compression)."""
+    try:
+        ov.save_model(model, str(path), compress_to_fp16=compress_to_fp16)
+        return ov.Core().read_model(str(path))
+    except Exception as err:
+        raise StageError(f"openvino.save_model failed: {_one_line(err)}") from err
+
+
+class ConvertOpenvino(Stage):
+    name = "convert_openvino"
+    version = 1
+    consumes = ("onnx",)
+    produces = "openvino"
+    requires = ("openvino",)
+    extra = "openvino"
+
+    def config(self, ctx: StageContext) -> dict:
+        # Only this changes the IR, so the fp32 IR is one cache entry shared by the fp32 and int8 targets.
+        return {"compress_to_fp16": _wants_fp16(ctx)}
+
+    def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
+        import openvino as ov
+
+        compress = _wants_fp16(ctx)
+        try:
+            with _no_telemetry():
+                model = ov.convert_model(str(artifact.main_file))
+        except Exception as err:
+            raise StageError(f"openvino.convert_model failed on {artifact.main_file.name}: {_one_line(err)}") from err
+        _check_inputs(model, ctx)
+        saved = _save(ov, model, ctx.workdir / "model.xml", compress)
+        meta = {"ops": op_histogram(saved), "nodes": len(saved.get_ordered_ops()), "compress_to_fp16": compress,
+                "weights": "fp16" if compress else "fp32"}
+        return ctx.artifact("openvino", component=artifact.component, precision="fp16" if compress else "fp32",
+                            meta=meta, main_file="model.xml")
+
+
+def _wants_fp16(ctx: StageContext) -> bool:
+    return ctx.target is not None and ctx.target.precision == "fp16"
+
+
+def _check_inputs(model, ctx: StageContext) -> None:
+    """The IR must take exactly the IOSpec's inputs (names, dtypes): golden vectors and firmware rely on them."""
+    import numpy as np
+
+    got = {}
+    for port in model.inputs:
+        name = next((n for n in ctx.iospec.input_names if n in port.get_names()), port.get_any_name())
+        got[name] = np.dtype(port.get_element_type().to_dtype()).name
+    want = {s.name: s.dtype for s in ctx.iospec.inputs}
+    if got != want:
+        raise StageError(f"OpenVINO model inputs {got} do not match the IOSpec inputs {want}")
+
+
+def _keep_float_scope(model, patterns: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """keep_float entries -> (exact op names, op types, every op name kept float); unmatched entries are errors.
+
+    An entry is an op type when some op has that type, else a prefix of op names. OpenVINO op names come from
+    the ONNX node names, sometimes with a suffix (a Gemm becomes MatMul '<name>/WithoutBiases' + Add '<name>'),
+    so prefixes written for the ONNX target usually work here too.
+    """
+    ops = [op for op in model.get_ordered_ops() if op.get_type_name() not in _STRUCTURAL_OPS]
+    names, types, kept = [], [], []
+    for pattern in patterns:
+        by_type = [op.get_friendly_name() for op in ops if op.get_type_name() == pattern]
+        by_name = [op.get_friendly_name() for op in ops if op.get_friendly_name().startswith(pattern)]
+        if by_type:
+            types.append(pattern)
+        elif by_name:
+            names.extend(by_name)
+        else:
+            raise StageError(f"quantization.keep_float entry '{pattern}' matches no OpenVINO op name or op type")
+        kept.extend(by_type or by_name)
+    return sorted(set(names)), sorted(set(types)), sorted(set(kept))
+
+
+class _Feeds:
+    """The calibration set as NNCF data: batch-1 {ov input name: array} dicts, advancing our own progress bar."""
+
+    def __init__(self, calib, names: dict[str, str], task):
+        self._calib, self._names, self._task = calib, names, task
+
+    def __len__(self) -> int:
+        return len(self._calib)
+
+    def __iter__(self):
+        for sample in self._calib:
+            self._task.advance()
+            yield {self._names[k]: v for k, v in sample.items()}
+
+
+def _input_names(model, ctx: StageContext) -> dict[str, str]:
+    """IOSpec input name -> the ov.Model input tensor name NNCF's inference request is fed by."""
+    out = {}
+    for spec in ctx.iospec.inputs:
+        port = next((p for p in model.inputs if spec.name in p.get_names()), None)
+        if port is None:
+            raise StageError(f"OpenVINO model has no input '{spec.name}'; its inputs are "
+                             f"{[p.get_any_name() for p in model.inputs]}")
+        out[spec.name] = port.get_any_name()
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_nncf(nncf_logger):
+    """NNCF logs INFO lines and draws rich progress bars on stdout; the runner reports progress itself."""
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        nncf_logger.setLevel(level)
+
+
+# QuantizationConfig fields that belong to the ONNX/TFLite quantizers. NNCF decides these itself (its preset
+# picks activation symmetry, the plugin picks u8/i8 per tensor), so a profile that sets one explicitly to a value
+# NNCF would not use is refused rather than silently ignored.
+_NNCF_FIXED = {"symmetric_weights": True, "weight_type": "int8"}
+_NNCF_UNUSED = ("activation_type", "op_types", "io_dtype")
+
+
+def _check_supported(q, c) -> None:
+    for key in sorted(q.model_fields_set):
+        value = getattr(q, key)
+        if key in _NNCF_UNUSED or (key in _NNCF_FIXED and value != _NNCF_FIXED[key]):
+            raise StageError(f"quantization.{key}={value!r} is not used by NNCF; remove it from the target profile")
+        if key == "symmetric_activations" and value != (q.preset == "performance"):
+            raise StageError(f"quantization.symmetric_activations={value} contradicts preset '{q.preset}' "
+                             "(performance = symmetric, mixed = asymmetric activations); set the preset instead")
+    if c.method != "minmax":
+        raise StageError(f"calibration.method '{c.method}' is not available with NNCF here; use 'minmax'")
+
+
+def _nncf_settings(nncf, q, samples: int) -> tuple[dict, dict]:
+    """Target settings -> (nncf.quantize keyword arguments, the same settings as plain JSON for the manifest)."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    fields = getattr(AdvancedQuantizationParameters, "__dataclass_fields__", {})
+    if q.bias_correction == "none" and "disable_bias_correction" not in fields:
+        raise StageError(f"quantization.bias_correction 'none' is not supported by nncf {nncf.__version__}; "
+                         "use 'fast' or 'full'")
+    # calibration.method minmax means the global min/max over all samples, as in the ONNX branch. NNCF's own
+    # default averages per-sample minima/maxima, which clips rare large activations: on the tiny model that
+    # cost 1.5 accuracy points and a worst-sample logit cosine of 0.73 (0.9974 with global min/max).
+    advanced = AdvancedQuantizationParameters(
+        disable_bias_correction=q.bias_correction == "none",
+        activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
+        weights_quantization_params=QuantizationParameters(per_channel=q.per_channel))
+    kwargs = {"preset": {"performance": nncf.QuantizationPreset.PERFORMANCE,
+                         "mixed": nncf.QuantizationPreset.MIXED}[q.preset],
+              "model_type": nncf.ModelType.TRANSFORMER if q.model_type == "transformer" else None,
+              "subset_size": samples, "target_device": nncf.TargetDevice.ANY,
+              "fast_bias_correction": q.bias_correction != "full", "advanced_parameters": advanced}
+    record = {"preset": q.preset, "model_type": q.model_type, "bias_correction": q.bias_correction,
+              "fast_bias_correction": kwargs["fast_bias_correction"], "subset_size": samples,
+              "target_device": "ANY", "per_channel_weights": q.per_channel,
+              "activations_range": "global min/max (RangeEstimatorParametersSet.MINMAX)"}
+    return kwargs, record
+
+
+class QuantizeOpenvino(Stage):
+    name = "quantize_openvino"
+    version = 1
+    consumes = ("openvino",)
+    produces = "openvino"
+    needs_calibration = True
+    requires = ("openvino", "nncf")
+    extra = "openvino"
+
+    def config(self, ctx: StageContext) -> dict:
+        return {"quantization": ctx.target.quantization.model_dump(), "calibration": ctx.target.calibration.model_dump()}
+
+    def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
+        import openvino as ov
+
+        with _no_telemetry():
+            import nncf
+            from nncf.common.logging import nncf_logger
+
+        q, calib = ctx.target.quantization, ctx.calibration
+        _check_supported(q, ctx.target.calibration)
+        model = ov.Core().read_model(str(artifact.main_file))
+        names, types, kept = _keep_float_scope(model, q.keep_float)
+        kwargs, record = _nncf_settings(nncf, q, len(calib))
+        if names or types:
+            kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, types=types)
+        feeds = _input_names(model, ctx)
+        try:
+            with ctx.progress.task(f"calibrate nncf x{len(calib)}", len(calib)) as task, _quiet_nncf(nncf_logger):
+                qmodel = nncf.quantize(model, nncf.Dataset(_Feeds(calib, feeds, task)), **kwargs)
+        except Exception as err:
+            raise StageError(f"nncf.quantize failed: {_one_line(err)}") from err
+        # int8 weights are already small; fp16 compression would only touch the float parts kept by keep_float.
+        saved = _save(ov, qmodel, ctx.workdir / "model.xml", compress_to_fp16=False)
+        ops = op_histogram(saved)
+        meta = {"ops": ops, "nodes": len(saved.get_ordered_ops()), "compress_to_fp16": False,
+                "kept_float_nodes": kept, "ignored_scope": {"names": names, "types": types},
+                "nncf": record, "quantized_weights": ops.get("FakeQuantize", 0) + ops.get("FakeConvert", 0) > 0,
+                "calibration": {"method": ctx.target.calibration.method, "tool": "nncf", "samples": len(calib)}}
+        return ctx.artifact("openvino", component=artifact.component, precision="int8", meta=meta,
+                            main_file="model.xml")

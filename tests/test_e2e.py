@@ -1,0 +1,99 @@
+"""End-to-end builds of the default release through the real CLI: bundles, cache, determinism, resume."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from .conftest import run_cli, write_release
+
+pytestmark = pytest.mark.slow
+RELEASE = "tiny-mm-default"
+TARGETS = ("host-onnx-fp32", "host-onnx-int8")
+
+
+@pytest.fixture(scope="module")
+def default_build(tmp_path_factory):
+    work = tmp_path_factory.mktemp("default")
+    proc = run_cli(["build", "--no-progress"], work)
+    return work, proc
+
+
+def test_default_build_publishes_every_target(default_build):
+    work, proc = default_build
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    release = work / "dist" / RELEASE
+    index = json.loads((release / "index.json").read_text())
+    assert [t["status"] for t in index["targets"]] == ["passed", "passed"]
+    for target in TARGETS:
+        assert (release / f"{target}.tar.gz").is_file() and (release / target / "manifest.json").is_file()
+    assert (release / "report.html").is_file() and (release / "release.resolved.yaml").is_file()
+    for column in ("target", "format", "precision", "size", "accuracy", "agreement", "p50 ms", "p90 ms", "status"):
+        assert column in proc.stdout
+    int8 = next(t for t in index["targets"] if t["precision"] == "int8")
+    assert int8["verification"]["accuracy_drop_pt"] <= 1.0
+    assert int8["model_size_bytes"] < next(t for t in index["targets"] if t["precision"] == "fp32")["model_size_bytes"]
+
+
+def test_manifest_describes_the_bundle(default_build):
+    work, _ = default_build
+    manifest = json.loads((work / "dist" / RELEASE / "host-onnx-int8" / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1 and manifest["target"] == "host-onnx-int8"
+    assert len(manifest["config_hash"]) == 64 and len(manifest["calibration_fingerprint"]) == 64
+    assert {"torch", "onnx", "onnxruntime", "python", "edgepipe"} <= set(manifest["tool_versions"])
+    assert manifest["model_files"] == ["model.onnx"]
+    names = [t["name"] for t in manifest["iospec"]["inputs"]]
+    assert names == ["image", "tokens", "audio"]
+    quantized = [t for t in manifest["iospec"]["inputs"] if t["quantization"]]
+    assert quantized and all("scale" in t["quantization"] for t in quantized)
+    assert manifest["latency"]["latency_ms"]["p50"] > 0 and manifest["latency"]["threads"] == 1
+    assert manifest["verification"]["samples"] >= 100
+    assert "assets/vocab.txt" in manifest["files"] and "assets/labels.txt" in manifest["files"]
+    lineage = manifest["model"]["lineage"]
+    assert [s["stage"] for s in lineage] == ["load", "export_onnx", "quantize_onnx"]
+    assert lineage[2]["parents"] == [lineage[1]["sha256"]]
+
+
+def test_bundles_verify_and_tampering_is_caught(default_build, tmp_path):
+    work, _ = default_build
+    for target in TARGETS:
+        proc = run_cli(["verify", str(work / "dist" / RELEASE / f"{target}.tar.gz")], work)
+        assert proc.returncode == 0 and "golden vectors" in proc.stdout, proc.stderr
+    bad = tmp_path / "host-onnx-fp32"
+    shutil.copytree(work / "dist" / RELEASE / "host-onnx-fp32", bad)
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model.onnx").write_bytes(bytes(data))
+    proc = run_cli(["verify", str(bad)], tmp_path)
+    assert proc.returncode == 1 and "model.onnx" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_warm_rebuild_hits_cache_and_is_byte_identical(default_build):
+    work, _ = default_build
+    release = work / "dist" / RELEASE
+    before = {t: (release / f"{t}.tar.gz").read_bytes() for t in TARGETS}
+    proc = run_cli(["build", "--no-progress"], work)
+    assert proc.returncode == 0, proc.stderr
+    assert "9/9 stages from cache" in proc.stdout
+    assert {t: (release / f"{t}.tar.gz").read_bytes() for t in TARGETS} == before
+
+
+def test_fresh_builds_are_reproducible_and_a_killed_build_resumes(tmp_path):
+    """Two caches, no timings (profile: false): a clean build and a build SIGKILLed inside quantize_onnx
+    then resumed must give byte-identical archives."""
+    cfg = write_release(tmp_path / "r.yaml", profile=False)
+    a = run_cli(["build", str(cfg), "--no-progress", "--cache-dir", "ca", "--dist", "da"], tmp_path)
+    assert a.returncode == 0, a.stdout + a.stderr
+    killed = run_cli(["build", str(cfg), "--no-progress", "--cache-dir", "cb", "--dist", "db"], tmp_path,
+                     env={"EDGEPIPE_CRASH_AT": "quantize_onnx"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert not (tmp_path / "db").exists(), "a killed build must not leave anything in dist/"
+    assert list((tmp_path / "cb" / "quantize_onnx").glob(".tmp-*")), "the crash point should leave a temp dir"
+    resumed = run_cli(["build", str(cfg), "--no-progress", "--cache-dir", "cb", "--dist", "db"], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "load           *                      cached" in resumed.stdout
+    assert not list((tmp_path / "cb" / "quantize_onnx").glob(".tmp-*"))
+    for target in TARGETS:
+        assert (tmp_path / "da" / RELEASE / f"{target}.tar.gz").read_bytes() == \
+            (tmp_path / "db" / RELEASE / f"{target}.tar.gz").read_bytes()

@@ -1,0 +1,87 @@
+"""ONNX stages on the tiny model: every exported file is loaded and run; int8 is really quantized and calibrated."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from pipeline.config import TargetProfile, load_profile
+from pipeline.errors import StageError
+from targets.agent import open_model
+
+from .conftest import calibration_for
+
+
+@pytest.fixture(scope="module")
+def onnx_models(tiny_build):
+    runner, state = tiny_build
+    profile = load_profile("host-onnx-int8", state.plan.base_dir)
+    fp32 = runner.run_stage(state, "export_onnx", state.torch_model, profile.name, profile)
+    int8 = runner.run_stage(state, "quantize_onnx", fp32, profile.name, profile,
+                            calibration_for(runner, state, profile))
+    return runner, state, profile, fp32, int8
+
+
+def test_fp32_export_is_valid_and_matches_torch(onnx_models):
+    _, state, _, fp32, _ = onnx_models
+    model = onnx.load(str(fp32.main_file))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["image", "tokens", "audio"]
+    assert fp32.meta["opset"] == 17 and fp32.meta["nodes"] <= fp32.meta["nodes_exported"]
+    session = open_model(str(fp32.main_file), "onnx", 1)
+    ref = np.load(state.reference.path("eval.logits.npy"))
+    split = state.dataset.split("eval")
+    for i in range(8):
+        out = session.run(split.sample(i))["logits"]
+        np.testing.assert_allclose(out[0], ref[i], atol=1e-4, rtol=1e-4)
+
+
+def test_int8_is_quantized_smaller_and_runs(onnx_models):
+    _, state, _, fp32, int8 = onnx_models
+    assert int8.precision == "int8" and int8.parents == (fp32.sha256,)
+    ops = int8.meta["ops"]
+    assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
+    assert int8.main_file.stat().st_size < 0.5 * fp32.main_file.stat().st_size
+    quant_inputs = int8.meta["io_quantization"]
+    assert "image" in quant_inputs and quant_inputs["image"]["scale"] > 0
+    out = open_model(str(int8.main_file), "onnx", 1).run(state.dataset.split("eval").sample(0))["logits"]
+    assert out.shape == (1, 4) and np.isfinite(out).all()
+
+
+def test_int8_meets_the_default_gate(onnx_models):
+    runner, state, profile, _, int8 = onnx_models
+    ver = runner.run_stage(state, "verify", int8, profile.name, profile, deps={"reference": state.reference})
+    assert ver.meta["accuracy_drop_pt"] <= 1.0 and ver.meta["agreement"] >= 0.97
+    assert (ver.root / "golden" / "golden.json").is_file()
+
+
+def test_calibration_settings_change_the_artifact(onnx_models):
+    runner, state, profile, fp32, int8 = onnx_models
+    other = profile.model_copy(update={"calibration": profile.calibration.model_copy(update={"samples": 64})})
+    art = runner.run_stage(state, "quantize_onnx", fp32, "t64", other, calibration_for(runner, state, other))
+    assert art.sha256 != int8.sha256
+
+
+def test_keep_float_is_honoured_and_unknown_entries_fail(onnx_models):
+    runner, state, profile, fp32, _ = onnx_models
+    model = onnx.load(str(fp32.main_file))
+    first_conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    keep = profile.model_copy(update={"quantization": profile.quantization.model_copy(
+        update={"keep_float": [first_conv]})})
+    art = runner.run_stage(state, "quantize_onnx", fp32, "keep", keep, calibration_for(runner, state, keep))
+    assert art.meta["kept_float_nodes"] == [first_conv]
+    bad = profile.model_copy(update={"quantization": profile.quantization.model_copy(
+        update={"keep_float": ["no_such_node"]})})
+    with pytest.raises(StageError, match="no_such_node"):
+        runner.run_stage(state, "quantize_onnx", fp32, "bad", bad, calibration_for(runner, state, bad))
+
+
+def test_profile_stage_runs_the_agent(onnx_models):
+    runner, state, profile, fp32, _ = onnx_models
+    fast = TargetProfile.model_validate({**profile.model_dump(), "precision": "fp32",
+                                         "benchmark": {"threads": 1, "warmup": 2, "iterations": 10}})
+    ver = runner.run_stage(state, "verify", fp32, "p", fast, deps={"reference": state.reference})
+    prof = runner.run_stage(state, "profile", fp32, "p", fast, deps={"verification": ver})
+    lat = prof.meta["latency_ms"]
+    assert prof.meta["iterations"] == 10 and lat["min"] <= lat["p50"] <= lat["p90"] <= lat["max"]
+    assert prof.meta["golden"]["passed"] == prof.meta["golden"]["checked"] == state.plan.release.golden_count

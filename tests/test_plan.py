@@ -1,0 +1,63 @@
+"""Plan checks and the stage registry: kinds fit, extras are named, nothing heavy is imported."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import load_release
+from pipeline.errors import ConfigError, MissingDependencyError
+from pipeline.plan import EXPORT_CHAINS, make_plan
+from pipeline.stages import STAGES, stage_class_info
+
+from .conftest import write_release
+
+
+def test_registry_entries_are_light_and_consistent():
+    for name in STAGES:
+        try:
+            info = stage_class_info(name)
+        except (ImportError, AttributeError):
+            pytest.skip(f"stage module of '{name}' not present yet")
+        assert info["produces"] and info["version"] >= 1
+
+
+def test_chains_fit_kinds():
+    kind = "torch"
+    for chain in EXPORT_CHAINS.values():
+        kind = "torch"
+        for stage in chain:
+            try:
+                info = stage_class_info(stage)
+            except (ImportError, AttributeError):
+                break
+            assert kind in info["consumes"], (stage, kind)
+            kind = info["produces"]
+
+
+def test_default_plan():
+    cfg, base = load_release(None)
+    plan = make_plan(cfg, base)
+    assert [t.name for t in plan.targets] == ["host-onnx-fp32", "host-onnx-int8"]
+    assert plan.targets[1].chain == ("export_onnx", "quantize_onnx")
+
+
+def test_duplicate_target(tmp_path):
+    cfg, base = load_release(write_release(tmp_path / "r.yaml", targets=["host-onnx-fp32", "host-onnx-fp32"]))
+    with pytest.raises(ConfigError, match="listed twice"):
+        make_plan(cfg, base)
+
+
+def test_missing_extra_is_named(tmp_path, monkeypatch):
+    import pipeline.plan as plan_mod
+
+    monkeypatch.setattr(plan_mod, "missing_imports", lambda names: [n for n in names if n == "onnxruntime"])
+    cfg, base = load_release(None)
+    with pytest.raises(MissingDependencyError, match=r"onnxruntime.*edgepipe\[onnx\]"):
+        make_plan(cfg, base)
+
+
+def test_calibration_below_minimum(tmp_path):
+    (tmp_path / "t.yaml").write_text(
+        "name: t\nformat: onnx\nprecision: int8\ncalibration: {samples: 8, min_samples: 32}\n")
+    cfg, base = load_release(write_release(tmp_path / "r.yaml", targets=["./t.yaml"]))
+    with pytest.raises(ConfigError, match="below"):
+        make_plan(cfg, base)
