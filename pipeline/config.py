@@ -78,8 +78,10 @@ class GatesConfig(_Strict):
 
 
 class OpsConfig(_Strict):
-    allowed: list[str] | None = Field(None, description="op types the target runs; any other op fails the target")
-    denied: list[str] = Field(default_factory=list, description="op types that fail the target (e.g. Flex ops)")
+    allowed: list[str] | None = Field(
+        None, description="op types (fnmatch patterns) the target runs; any other op fails the target")
+    denied: list[str] = Field(
+        default_factory=list, description="op types (fnmatch patterns, e.g. 'Flex*') that fail the target")
 
 
 class TransportConfig(_Strict):

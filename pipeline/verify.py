@@ -116,3 +116,13 @@ def gate_failures(result: dict, gates) -> list[str]:
             if m["cosine_mean"] < gates.min_cosine:
                 reasons.append(f"output '{name}' cosine {m['cosine_mean']:.4f} < {gates.min_cosine}")
     return reasons
+
+
+def op_violations(ops: dict[str, int], allowed: list[str] | None, denied: list[str]) -> list[str]:
+    """Op types of an artifact that a target does not allow (fnmatch patterns, e.g. 'Flex*')."""
+    from fnmatch import fnmatchcase
+
+    bad = sorted(op for op in ops if any(fnmatchcase(op, pat) for pat in denied))
+    if allowed is not None:
+        bad += sorted(op for op in ops if op not in bad and not any(fnmatchcase(op, pat) for pat in allowed))
+    return bad

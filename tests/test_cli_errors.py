@@ -82,3 +82,20 @@ def test_wrong_input_shape(cli, tmp_path):
 def test_verify_missing_bundle(cli, tmp_path):
     proc = cli("verify", "dist/x/y.tar.gz")
     assert proc.returncode == 1 and "no such bundle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_denied_op_fails_only_that_target(cli, tmp_path):
+    (tmp_path / "strict.yaml").write_text(
+        "name: strict\nformat: onnx\nprecision: fp32\nops: {denied: ['Conv']}\n"
+        "benchmark: {warmup: 1, iterations: 5}\n")
+    write_release(tmp_path / "r.yaml", targets=["host-onnx-fp32", "./strict.yaml"])
+    proc = cli("build", "r.yaml", "--no-progress")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "ops the target does not allow: Conv" in proc.stdout
+    release = tmp_path / "dist" / "tiny-mm-default"
+    assert (release / "host-onnx-fp32.tar.gz").is_file() and not (release / "strict.tar.gz").exists()
+    import json
+
+    index = json.loads((release / "index.json").read_text())
+    assert [t["status"] for t in index["targets"]] == ["passed", "failed"]

@@ -61,3 +61,13 @@ def test_calibration_below_minimum(tmp_path):
     cfg, base = load_release(write_release(tmp_path / "r.yaml", targets=["./t.yaml"]))
     with pytest.raises(ConfigError, match="below"):
         make_plan(cfg, base)
+
+
+def test_op_violations():
+    from pipeline.verify import op_violations
+
+    ops = {"CONV_2D": 3, "FlexErf": 1, "ADD": 2}
+    assert op_violations(ops, None, ["Flex*"]) == ["FlexErf"]
+    assert op_violations(ops, ["CONV_2D", "ADD"], []) == ["FlexErf"]
+    assert op_violations(ops, ["*"], []) == []
+    assert op_violations(ops, ["CONV_2D"], ["Flex*"]) == ["FlexErf", "ADD"]
