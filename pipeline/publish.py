@@ -9,10 +9,15 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .bundle import config_hash, git_commit, publish, remove_bundle, stage_bundle, write_json, write_tar
+from .bundle import MODEL_SUFFIXES, config_hash, git_commit, publish, remove_bundle, stage_bundle, write_json, write_tar
 from .config import REPO_ROOT
 from .report import report_html
 from .runner import BuildState
+
+
+def model_size_bytes(art) -> int:
+    """Bytes of every model file of an artifact (an OpenVINO IR is its .xml and its .bin)."""
+    return sum(art.path(f).stat().st_size for f in art.files if f.endswith(MODEL_SUFFIXES))
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -40,7 +45,7 @@ def publish_release(state: BuildState, dist: Path) -> dict:
                  "status": result.status, "reasons": result.reasons,
                  "verification": result.verification.meta if result.verification else None,
                  "latency_ms": result.profile.meta.get("latency_ms") if result.profile else None,
-                 "model_size_bytes": result.model.main_file.stat().st_size if result.model else None}
+                 "model_size_bytes": model_size_bytes(result.model) if result.model else None}
         if result.status == "passed":
             ctx = {"release": release, "profile": profile, "result": result, "iospec": state.iospec,
                    "dataset_dir": state.plan.dataset_dir, "git_commit": commit,

@@ -92,6 +92,21 @@ tr.bad td:last-child{{color:#c00}}</style></head><body>
 """
 
 
+LOAD_SNIPPETS = {
+    "onnx": 'import onnxruntime as ort\nopts = ort.SessionOptions(); opts.intra_op_num_threads = 1\n'
+            'sess = ort.InferenceSession("model.onnx", opts, providers=["CPUExecutionProvider"])\n'
+            'outputs = sess.run(None, feeds)',
+    "openvino": 'import openvino as ov\n'
+                'compiled = ov.Core().compile_model("model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32",\n'
+                '    "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"})  # f32: the CPU default is bf16\n'
+                'outputs = compiled(feeds)',
+    "tflite": 'from ai_edge_litert.interpreter import Interpreter\n'
+              'interp = Interpreter(model_path="model.tflite", num_threads=1); interp.allocate_tensors()\n'
+              '# int8 inputs: quantize with the scale/zero-point in manifest.json iospec[..].quantization\n'
+              'runner = interp.get_signature_runner(); outputs = runner(**feeds)',
+}
+
+
 def bundle_readme(manifest: dict) -> str:
     v = manifest["verification"]
     lat = (manifest.get("latency") or {}).get("latency_ms")
@@ -111,8 +126,7 @@ def bundle_readme(manifest: dict) -> str:
 ## Load it
 
 ```python
-import onnxruntime as ort, numpy as np
-sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+{LOAD_SNIPPETS[manifest['format']]}
 # feeds: one array per input below, batch 1, preprocessed as manifest.json "iospec" says
 ```
 

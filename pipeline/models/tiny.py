@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from ..iospec import AudioPreprocessing, ImagePreprocessing, IOSpec, TensorSpec, TokenizerPreprocessing
 from . import FactoryContext
+from .components import Component, embedding_spec
 
 # Must equal calibration_data/tiny_mm/labels.txt (a test checks it).
 LABELS = ("alert_none", "alert_low", "alert_medium", "alert_high")
@@ -52,10 +53,18 @@ class TinyParams(BaseModel):
     hop: int = Field(32, ge=1, le=NUM_SAMPLES, description="audio front-end hop between frames (samples)")
     n_mels: int = Field(24, ge=4, le=128, description="mel bands of the audio front-end")
     vocab_size: int = Field(VOCAB_SIZE, ge=2, description="token embedding rows (lines of vocab.txt)")
+    text_tower: Literal["pool", "transformer"] = Field(
+        "pool", description="text tower: masked mean of token embeddings, or a small transformer encoder")
+    text_layers: int = Field(2, ge=1, le=12, description="transformer text tower: encoder layers")
+    text_heads: int = Field(2, ge=1, le=16, description="transformer text tower: attention heads (divide embed_dim)")
+    text_ffn_dim: int = Field(64, ge=4, le=4096, description="transformer text tower: feed-forward hidden width")
 
 
-def parse_params(params: dict | None) -> TinyParams:
-    """Raw params -> TinyParams; any unknown key or bad value -> one-line ConfigError naming the key."""
+TRANSFORMER_ONLY = ("text_layers", "text_heads", "text_ffn_dim")
+
+
+def _validate(params: dict | None) -> TinyParams:
+    """Raw params -> TinyParams (pydantic); any unknown key or bad value -> one-line ConfigError naming the key."""
     try:
         return TinyParams(**(params or {}))
     except ValidationError as err:
@@ -67,6 +76,20 @@ def parse_params(params: dict | None) -> TinyParams:
         else:
             msg = f"TinyMultimodal param '{key}': {first['msg']} (got {first.get('input')!r})"
         raise ConfigError(msg) from err
+
+
+def parse_params(params: dict | None) -> TinyParams:
+    """Raw params -> TinyParams; any unknown key, bad value or contradiction -> one-line ConfigError naming the key."""
+    p = _validate(params)
+    if p.text_tower == "pool":
+        # Set but unused would be a silent ignore of the user's setting.
+        stray = [k for k in TRANSFORMER_ONLY if k in p.model_fields_set]
+        if stray:
+            raise ConfigError(f"TinyMultimodal param '{stray[0]}' applies only with text_tower: transformer")
+    elif p.embed_dim % p.text_heads:
+        raise ConfigError(f"TinyMultimodal param 'text_heads': {p.text_heads} does not divide "
+                          f"embed_dim={p.embed_dim}")
+    return p
 
 
 def _mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 60.0) -> np.ndarray:
@@ -139,6 +162,68 @@ class TextTower(nn.Module):
         return torch.relu(self.proj(summed / mask.sum(dim=1).clamp(min=1.0)))
 
 
+# Additive attention bias on padded keys. Finite, not -inf: int8 grids and TFLite cannot hold -inf, and an
+# all-pad row would give NaN; exp(-1e4) is exactly 0 in float32, so pads get no weight at all.
+MASK_BIAS = -1e4
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN transformer encoder layer (BERT/MiniLM order) from plain ops: x [B, T, D], bias [B, 1, T] -> [B, T, D].
+
+    Heads are constant slices of the last axis run as separate 3-D matmuls, not a reshape to [B, H, T, d] (nor
+    torch.chunk): both trace the batch size into Shape/Gather/Div nodes, which static-shape converters dislike.
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int):
+        super().__init__()
+        self.dim, self.head_dim = dim, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        # Exact (erf) GELU on purpose: the form real text encoders use, and the one that trips TFLite (Flex Erf).
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
+        self.norm2 = nn.LayerNorm(dim)
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)
+        d, hd = self.dim, self.head_dim
+        # Scale q once (a Mul) rather than dividing the scores: no Div node in the attention.
+        q = qkv[..., :d] * self.scale
+        heads = []
+        for lo in range(0, d, hd):
+            scores = torch.matmul(q[..., lo : lo + hd], qkv[..., d + lo : d + lo + hd].transpose(1, 2))
+            attn = torch.softmax(scores + bias, dim=-1)
+            heads.append(torch.matmul(attn, qkv[..., 2 * d + lo : 2 * d + lo + hd]))
+        x = self.norm1(x + self.out(torch.cat(heads, dim=-1)))
+        return self.norm2(x + self.ffn(x))
+
+
+class TransformerTextTower(nn.Module):
+    """Token ids [B, T] -> embedding [B, D]: token + learned position embeddings, a padding-masked transformer
+    encoder, masked mean pooling. Pad positions influence nothing: they are masked as keys in every layer and
+    left out of the mean."""
+
+    def __init__(self, p: TinyParams):
+        super().__init__()
+        dim = p.embed_dim
+        self.embed = nn.Embedding(p.vocab_size, dim)
+        self.pos = nn.Parameter(torch.randn(MAX_TOKENS, dim) * 0.02)  # small start, as BERT-style encoders do
+        self.norm = nn.LayerNorm(dim)
+        self.layers = nn.ModuleList(EncoderLayer(dim, p.text_heads, p.text_ffn_dim) for _ in range(p.text_layers))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens != PAD_ID).to(torch.float32)
+        bias = ((mask - 1.0) * -MASK_BIAS).unsqueeze(1)  # 0 on real keys, MASK_BIAS on pads; broadcast over queries
+        x = self.norm(self.embed(tokens) + self.pos)
+        for layer in self.layers:
+            x = layer(x, bias)
+        mask = mask.unsqueeze(-1)
+        pooled = (x * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return torch.relu(self.proj(pooled))
+
+
 class ImageTower(nn.Module):
     """Image [B, 3, 24, 24] -> embedding [B, D]: three conv/bn/relu blocks and global max pooling.
 
@@ -197,7 +282,8 @@ class TinyMultimodalNet(nn.Module):
 
     def __init__(self, p: TinyParams):
         super().__init__()
-        self.text = TextTower(p.vocab_size, p.embed_dim)
+        # Built first either way: the default (pool) model's parameter init order, hence its weights, stay as before.
+        self.text = TextTower(p.vocab_size, p.embed_dim) if p.text_tower == "pool" else TransformerTextTower(p)
         self.image = ImageTower(p.embed_dim)
         self.audio = AudioTower(p)
         self.fusion = AttentionFusion(p.embed_dim) if p.fusion == "attention" else None
@@ -205,9 +291,45 @@ class TinyMultimodalNet(nn.Module):
                                   nn.Linear(p.hidden_dim, len(LABELS)))
 
     def forward(self, image: torch.Tensor, tokens: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        parts = [self.image(image), self.text(tokens), self.audio(audio)]
-        fused = torch.cat(parts, dim=1) if self.fusion is None else self.fusion(parts)
-        return self.head(fused)
+        return classify(self.fusion, self.head, [self.image(image), self.text(tokens), self.audio(audio)])
+
+
+def classify(fusion: nn.Module | None, head: nn.Module, parts: list[torch.Tensor]) -> torch.Tensor:
+    """[image, text, audio] embeddings -> logits; shared by the fused model and its fusion_head component."""
+    fused = torch.cat(parts, dim=1) if fusion is None else fusion(parts)
+    return head(fused)
+
+
+class _EncoderView(nn.Module):
+    """One tower of a fused TinyMultimodalNet, kept under the same attribute name, so the exported node names
+    (/audio/logmel/Mul, ...) and state-dict keys match the fused model's: keep_float patterns apply unchanged."""
+
+    def __init__(self, net: TinyMultimodalNet, tower: str):
+        super().__init__()
+        self.tower = tower
+        setattr(self, tower, getattr(net, tower))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.tower)(x)
+
+
+class _FusionHeadView(nn.Module):
+    """The fusion (if any) and the classifier head of a fused TinyMultimodalNet: three embeddings -> logits."""
+
+    def __init__(self, net: TinyMultimodalNet):
+        super().__init__()
+        self.fusion = net.fusion
+        self.head = net.head
+
+    def forward(self, image_embedding: torch.Tensor, text_embedding: torch.Tensor,
+                audio_embedding: torch.Tensor) -> torch.Tensor:
+        return classify(self.fusion, self.head, [image_embedding, text_embedding, audio_embedding])
+
+
+# component name -> (tower attribute, model input, embedding output); the fusion head takes the outputs in this order
+ENCODERS = {"image_encoder": ("image", "image", "image_embedding"),
+            "text_encoder": ("text", "tokens", "text_embedding"),
+            "audio_encoder": ("audio", "audio", "audio_embedding")}
 
 
 def _augment(batch: list[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
@@ -256,6 +378,15 @@ def _check_train_split(train, p: TinyParams, root) -> None:
                           "set model.params.vocab_size to its line count")
 
 
+def _check_module(module: nn.Module, p: TinyParams) -> None:
+    """Components are views into `module`: refuse one that is not the architecture these params describe."""
+    text_type = TextTower if p.text_tower == "pool" else TransformerTextTower
+    if not isinstance(module, TinyMultimodalNet) or not isinstance(module.text, text_type) \
+            or (module.fusion is None) != (p.fusion == "concat") or module.head[0].in_features != 3 * p.embed_dim:
+        raise ConfigError(f"TinyMultimodal.components: the module is a {type(module).__name__} that does not match "
+                          f"params (text_tower={p.text_tower}, fusion={p.fusion}, embed_dim={p.embed_dim})")
+
+
 class TinyMultimodal:
     """Model factory for `pipeline.models.tiny:TinyMultimodal` (see pipeline/models/__init__.py)."""
 
@@ -276,6 +407,23 @@ class TinyMultimodal:
             outputs=(TensorSpec(name="logits", shape=(1, len(LABELS)), dtype="float32", layout="NC"),),
             labels=LABELS,
         )
+
+    def components(self, params: dict | None, module: nn.Module) -> dict[str, Component]:
+        """The fused model as image/text/audio encoders + fusion head, each a view sharing `module`'s weights."""
+        p = parse_params(params)
+        _check_module(module, p)
+        spec = self.iospec(params)
+        parts: dict[str, Component] = {}
+        for name, (tower, input_name, output_name) in ENCODERS.items():
+            view = _EncoderView(module, tower).train(module.training)
+            io = IOSpec(inputs=(spec.input(input_name),), outputs=(embedding_spec(output_name, p.embed_dim),))
+            parts[name] = Component(module=view, iospec=io, feeds_from={input_name: f"input:{input_name}"})
+        embeddings = [(enc, out) for enc, (_, _, out) in ENCODERS.items()]
+        io = IOSpec(inputs=tuple(embedding_spec(out, p.embed_dim) for _, out in embeddings), outputs=spec.outputs,
+                    labels=spec.labels)
+        parts["fusion_head"] = Component(module=_FusionHeadView(module).train(module.training), iospec=io,
+                                         feeds_from={out: f"output:{enc}.{out}" for enc, out in embeddings})
+        return parts
 
     def construct(self, params: dict | None = None) -> nn.Module:
         return TinyMultimodalNet(parse_params(params)).eval()

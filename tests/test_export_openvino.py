@@ -1,0 +1,180 @@
+"""OpenVINO stages on the tiny model: every IR is loaded and run; fp32 stays fp32, int8 is quantized and calibrated."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+# Not imported here: importing nncf outside the stage's telemetry guard would start OpenVINO telemetry.
+if importlib.util.find_spec("nncf") is None:
+    pytest.skip("nncf is not installed", allow_module_level=True)
+
+from pipeline.config import load_profile  # noqa: E402
+from pipeline.errors import StageError  # noqa: E402
+from targets.agent import open_model  # noqa: E402
+
+from .conftest import REPO, calibration_for, run_cli, write_release  # noqa: E402
+
+# In a fresh process (telemetry decides once per process): convert + import nncf the way the stages do.
+_TELEMETRY_PROBE = """
+import sys, openvino as ov
+from pipeline.export.openvino import _no_telemetry
+with _no_telemetry():
+    import nncf.telemetry.wrapper as wrapper
+    ov.convert_model(sys.argv[1])
+import openvino_telemetry
+print(openvino_telemetry.Telemetry().consent, type(wrapper.telemetry).__name__)
+"""
+
+
+@pytest.fixture(scope="module")
+def ov_models(tiny_build):
+    runner, state = tiny_build
+    profile = load_profile("host-openvino-int8", state.plan.base_dir)
+    onnx = runner.run_stage(state, "export_onnx", state.torch_model, profile.name, profile)
+    fp32 = runner.run_stage(state, "convert_openvino", onnx, profile.name, profile)
+    int8 = runner.run_stage(state, "quantize_openvino", fp32, profile.name, profile,
+                            calibration_for(runner, state, profile))
+    return runner, state, profile, onnx, fp32, int8
+
+
+def _with_quantization(profile, **changes):
+    return profile.model_copy(update={"quantization": profile.quantization.model_copy(update=changes)})
+
+
+def _run_once(art, state):
+    out = open_model(str(art.main_file), "openvino", 1).run(state.dataset.split("eval").sample(0))["logits"]
+    assert out.shape == (1, 4) and np.isfinite(out).all()
+    return out
+
+
+def _constant_types(art) -> set[str]:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(art.main_file))
+    return {op.get_output_element_type(0).get_type_name() for op in model.get_ordered_ops()
+            if op.get_type_name() == "Constant"}
+
+
+def test_fp32_ir_runs_and_matches_onnx(ov_models):
+    _, state, _, onnx, fp32, _ = ov_models
+    assert fp32.precision == "fp32" and fp32.meta["compress_to_fp16"] is False
+    assert {"model.xml", "model.bin"} <= set(fp32.files) and fp32.main_file.name == "model.xml"
+    _run_once(fp32, state)
+    session = open_model(str(fp32.main_file), "openvino", 1)
+    assert [(d.name, d.dtype) for d in session.input_details] == [
+        ("image", "float32"), ("tokens", "int64"), ("audio", "float32")]
+    reference = open_model(str(onnx.main_file), "onnx", 1)
+    split = state.dataset.split("eval")
+    for i in range(8):
+        np.testing.assert_allclose(session.run(split.sample(i))["logits"], reference.run(split.sample(i))["logits"],
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_fp32_weights_are_fp32_and_fp16_compression_halves_them(ov_models):
+    import onnx as onnx_lib
+    from onnx import numpy_helper
+
+    runner, state, profile, onnx, fp32, _ = ov_models
+    weights = sum(numpy_helper.to_array(t).nbytes for t in onnx_lib.load(str(onnx.main_file)).graph.initializer)
+    fp32_bin = fp32.path("model.bin").stat().st_size
+    assert 0.9 * weights <= fp32_bin <= 1.1 * weights
+    assert "f16" not in _constant_types(fp32)
+    fp16 = runner.run_stage(state, "convert_openvino", onnx, "fp16", profile.model_copy(update={"precision": "fp16"}))
+    assert fp16.precision == "fp16" and fp16.meta["compress_to_fp16"] is True and "f16" in _constant_types(fp16)
+    assert 0.4 * fp32_bin <= fp16.path("model.bin").stat().st_size <= 0.6 * fp32_bin
+    np.testing.assert_allclose(_run_once(fp16, state), _run_once(fp32, state), atol=0.05)
+
+
+def test_fp32_ir_is_shared_by_the_fp32_and_int8_targets(ov_models):
+    runner, state, _, onnx, fp32, _ = ov_models
+    profile = load_profile("host-openvino-fp32", state.plan.base_dir)
+    again = runner.run_stage(state, "convert_openvino", onnx, profile.name, profile)
+    assert again.sha256 == fp32.sha256 and state.records[-1].cached
+
+
+def test_int8_is_quantized_smaller_and_runs(ov_models):
+    _, state, profile, _, fp32, int8 = ov_models
+    assert int8.precision == "int8" and int8.parents == (fp32.sha256,)
+    assert int8.meta["ops"].get("FakeQuantize", 0) > 0 and int8.meta["quantized_weights"]
+    assert "i8" in _constant_types(int8) and int8.meta["compress_to_fp16"] is False
+    assert int8.path("model.bin").stat().st_size < 0.6 * fp32.path("model.bin").stat().st_size
+    assert int8.meta["calibration"] == {"method": "minmax", "tool": "nncf", "samples": profile.calibration.samples}
+    assert int8.meta["nncf"]["preset"] == profile.quantization.preset
+    _run_once(int8, state)
+
+
+def test_int8_meets_the_gate(ov_models):
+    runner, state, profile, _, _, int8 = ov_models
+    ver = runner.run_stage(state, "verify", int8, profile.name, profile, deps={"reference": state.reference})
+    assert ver.meta["accuracy_drop_pt"] <= 1.0 and ver.meta["agreement"] >= profile.gates.min_agreement
+    assert (ver.root / "golden" / "golden.json").is_file()
+
+
+def test_keep_float_is_honoured_and_quantization_is_quiet(ov_models, capfd):
+    runner, state, profile, _, fp32, int8 = ov_models
+    # The release's model.keep_float applies although the target lists none.
+    assert profile.quantization.keep_float == [] and state.plan.release.model.keep_float
+    assert "/audio/logmel/MatMul" in int8.meta["kept_float_nodes"]
+    assert all(n.startswith("/audio/logmel") for n in int8.meta["kept_float_nodes"])
+    keep = _with_quantization(profile, keep_float=["/audio/logmel", "Log"])
+    before = {k: os.environ.get(k) for k in ("CI", "NNCF_CI")}
+    art = runner.run_stage(state, "quantize_openvino", fp32, "keep", keep, calibration_for(runner, state, keep))
+    assert art.meta["ignored_scope"]["types"] == ["Log"] and "/audio/logmel/MatMul" in art.meta["kept_float_nodes"]
+    _run_once(art, state)
+    out, err = capfd.readouterr()
+    assert out == "" and "INFO" not in err  # NNCF's log lines and progress bars stay out of the build output
+    assert {k: os.environ.get(k) for k in ("CI", "NNCF_CI")} == before  # telemetry switches are restored
+
+
+def test_no_telemetry_is_sent(ov_models):
+    pytest.importorskip("openvino_telemetry")
+    onnx = ov_models[3]
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "NNCF_CI")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, "-c", _TELEMETRY_PROBE, str(onnx.main_file)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "MagicMock"]  # OpenVINO's telemetry declined, NNCF's a stub
+
+
+@pytest.mark.parametrize("keep_float", [["no_such_node"], ["/audio/logmel", "Conv"]])
+def test_unmatched_keep_float_entry_fails(ov_models, keep_float):
+    runner, state, profile, _, fp32, _ = ov_models
+    bad = _with_quantization(profile, keep_float=keep_float)
+    with pytest.raises(StageError, match=f"'{keep_float[-1]}'"):
+        runner.run_stage(state, "quantize_openvino", fp32, "bad", bad, calibration_for(runner, state, bad))
+
+
+def test_settings_nncf_cannot_honour_are_refused(ov_models):
+    runner, state, profile, _, fp32, _ = ov_models
+    percentile = profile.model_copy(update={"calibration": profile.calibration.model_copy(
+        update={"method": "percentile"})})
+    for bad, match in ((percentile, "calibration.method"),
+                       (_with_quantization(profile, activation_type="int8"), "activation_type"),
+                       (_with_quantization(profile, symmetric_activations=True), "symmetric_activations")):
+        with pytest.raises(StageError, match=match):
+            runner.run_stage(state, "quantize_openvino", fp32, "bad", bad, calibration_for(runner, state, bad))
+
+
+@pytest.mark.slow
+def test_build_publishes_openvino_bundles_that_verify(tmp_path):
+    release = write_release(tmp_path / "release.yaml", release="ov-e2e",
+                            targets=["host-openvino-fp32", "host-openvino-int8"])
+    proc = run_cli(["build", str(release), "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dist = tmp_path / "dist" / "ov-e2e"
+    index = json.loads((dist / "index.json").read_text())
+    assert [t["status"] for t in index["targets"]] == ["passed", "passed"]
+    for target in ("host-openvino-fp32", "host-openvino-int8"):
+        manifest = json.loads((dist / target / "manifest.json").read_text())
+        assert manifest["model_files"] == ["model.bin", "model.xml"] and manifest["format"] == "openvino"
+        assert manifest["verification"]["runtime"]["name"] == "openvino"
+        check = run_cli(["verify", str(dist / f"{target}.tar.gz")], tmp_path)
+        assert check.returncode == 0 and "golden vectors" in check.stdout, check.stdout + check.stderr
