@@ -55,7 +55,9 @@ class QuantizationConfig(_Strict):
 
 
 class CalibrationConfig(_Strict):
-    method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="range estimation method")
+    method: Literal["minmax", "entropy", "percentile", "toolchain_default"] = Field(
+        "minmax", description="range estimation method; toolchain_default = the quantizer's own default "
+                              "(used for baselines: NNCF averages per-sample ranges, ORT uses MinMax)")
     samples: int = Field(256, ge=1, description="calibration samples drawn from the calibration split")
     seed: int = Field(0, description="seed of the calibration subset draw")
     percentile: float = Field(99.999, gt=90, le=100, description="percentile for method=percentile")

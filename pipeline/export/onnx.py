@@ -147,7 +147,8 @@ class QuantizeOnnx(Stage):
         model = onnx.load(str(artifact.main_file))
         excluded = _keep_float_nodes(model, keep_float_patterns(ctx))
         qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+        method = {"minmax": CalibrationMethod.MinMax, "toolchain_default": CalibrationMethod.MinMax,
+                  "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[c.method]
         extra = {"ActivationSymmetric": q.symmetric_activations, "WeightSymmetric": q.symmetric_weights}
         if c.method == "percentile":

@@ -199,7 +199,7 @@ def _check_supported(q, c) -> None:
         if key == "symmetric_activations" and value != (q.preset == "performance"):
             raise StageError(f"quantization.symmetric_activations={value} contradicts preset '{q.preset}' "
                              "(performance = symmetric, mixed = asymmetric activations); set the preset instead")
-    if c.method != "minmax":
+    if c.method not in ("minmax", "toolchain_default"):
         raise StageError(f"calibration.method '{c.method}' is not available with NNCF here; use 'minmax'")
 
 
@@ -255,7 +255,11 @@ class QuantizeOpenvino(Stage):
         _check_supported(q, ctx.target.calibration)
         model = ov.Core().read_model(str(artifact.main_file))
         names, types, kept = _keep_float_scope(model, keep_float_patterns(ctx))
-        kwargs, record = _nncf_settings(nncf, q, len(calib))
+        if ctx.target.calibration.method == "toolchain_default":
+            # Baseline for benchmarks: nncf.quantize exactly as a user calls it without settings.
+            kwargs, record = {"subset_size": len(calib)}, {"nncf_defaults": True, "subset_size": len(calib)}
+        else:
+            kwargs, record = _nncf_settings(nncf, q, len(calib))
         if names or types:
             kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, types=types)
         feeds = _input_names(model, ctx)
