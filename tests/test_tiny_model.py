@@ -188,3 +188,87 @@ def test_bad_params_raise_config_error(factory, dataset, params, key):
         with pytest.raises(ConfigError, match=key) as info:
             call()
         assert "\n" not in str(info.value)
+
+
+# --- text_tower: transformer (a second variant with MiniLM-like ops: LayerNorm, erf GELU, masked attention) ---------
+
+TRANSFORMER = {"text_tower": "transformer"}
+
+
+def test_default_text_tower_is_the_pooled_one(factory):
+    """The default architecture (hence its init order and trained weights) is the pooled tower, untouched."""
+    text_keys = {k for k in factory.construct({}).state_dict() if k.startswith("text.")}
+    assert text_keys == {"text.embed.weight", "text.proj.weight", "text.proj.bias"}
+    assert factory.construct({}).state_dict().keys() == factory.construct({"text_tower": "pool"}).state_dict().keys()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's notice about the legacy exporter we pick
+@pytest.mark.parametrize("fusion", ["concat", "attention"])
+def test_transformer_variant_exports_to_onnx_opset17(factory, dataset, fusion, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    params = {**TRANSFORMER, "fusion": fusion}
+    torch.manual_seed(0)
+    model = factory.construct(params)
+    names = factory.iospec(params).input_names
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(model, tuple(torch.from_numpy(dataset.split("eval").sample(0)[n]) for n in names), str(path),
+                      dynamo=False, opset_version=17, input_names=names, output_names=["logits"])
+    graph = onnx.load(str(path)).graph
+    text_ops = {n.op_type for n in graph.node if n.name.startswith("/text/")}
+    # Standard ops only; the heads are constant slices, so no batch-size arithmetic (Shape) in the graph.
+    assert {"LayerNormalization", "Erf", "Softmax", "MatMul", "Slice"} <= text_ops and "Shape" not in text_ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for i in (0, 5, 9):
+        sample = dataset.split("eval").sample(i)
+        with torch.no_grad():
+            want = model(*(torch.from_numpy(sample[n]) for n in names)).numpy()
+        np.testing.assert_allclose(session.run(None, sample)[0], want, atol=1e-4)
+
+
+def _text_embedding(model, tokens: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.text(torch.from_numpy(tokens)).numpy()
+
+
+def test_transformer_padding_mask_hides_pad_positions(factory, dataset):
+    torch.manual_seed(0)
+    model = factory.construct(TRANSFORMER)
+    tokens = dataset.split("eval").inputs["tokens"][:8].copy()
+    pads = tokens == 0
+    assert pads.any(axis=1).all() and (~pads).any(axis=1).all()  # every row has real tokens and pads
+    assert pads.all(axis=0).any()  # and some position is a pad in every row
+    base = _text_embedding(model, tokens)
+    # What sits at a pad position (the pad row of the embedding table, the position embedding there) is invisible:
+    # pads are masked as keys in every layer and left out of the mean.
+    with torch.no_grad():
+        model.text.embed.weight[0].normal_(0.0, 5.0)
+        model.text.pos[int(np.argmax(pads.all(axis=0)))].normal_(0.0, 5.0)  # a position padded in every row
+    np.testing.assert_allclose(_text_embedding(model, tokens), base, atol=1e-6)
+    # A real token does matter, and so does turning a pad into a real token (it is no longer masked).
+    for row, col in ((0, 0), (0, int(np.argmax(pads[0])))):
+        changed = tokens.copy()
+        changed[row, col] = 5 if tokens[row, col] != 5 else 6
+        moved = np.abs(_text_embedding(model, changed) - base).max(axis=1)
+        assert moved[row] > 1e-3 and (moved[1:] < 1e-6).all()
+
+
+def test_transformer_mask_bias_is_finite(factory):
+    """int8 grids and TFLite cannot hold -inf: the mask must be a finite bias (and an all-pad row stays finite)."""
+    from pipeline.models.tiny import MASK_BIAS
+
+    assert np.isfinite(MASK_BIAS) and MASK_BIAS <= -1e3
+    model = factory.construct(TRANSFORMER)
+    assert np.isfinite(_text_embedding(model, np.zeros((1, 16), dtype=np.int64))).all()
+    for bad in (float("-inf"), float("nan"), -1.0):
+        with pytest.raises(ConfigError, match="text_mask_bias"):
+            factory.construct({**TRANSFORMER, "text_mask_bias": bad})
+
+
+@pytest.mark.parametrize("params, key", [({"text_tower": "transformer", "text_heads": 3}, "text_heads"),
+                                          ({"text_layers": 3}, "text_layers"),
+                                          ({"text_tower": "lstm"}, "text_tower")])
+def test_bad_text_tower_params_raise_config_error(factory, params, key):
+    with pytest.raises(ConfigError, match=key) as info:
+        factory.construct(params)
+    assert "\n" not in str(info.value)

@@ -4,6 +4,10 @@
 The architecture sticks to ops every exporter here handles (Conv, Gemm/MatMul, Gather, ReduceMean/Max, Log, ...):
 the audio tower computes its log-mel spectrogram in the graph with fixed DFT kernels run as a strided conv1d,
 because torch.stft does not export to ONNX opset 17 nor convert to TFLite/OpenVINO int8.
+
+`text_tower: transformer` swaps the pooled text tower for a 2-layer padding-masked transformer encoder (LayerNorm,
+erf GELU, softmax attention): the ops that make real text encoders hard for int8 and TFLite, at a size that still
+trains in seconds. `TinyMultimodal.components` splits a model into encoders + fusion head (see components.py).
 """
 from __future__ import annotations
 
@@ -33,6 +37,11 @@ SAMPLE_RATE_HZ = 4000
 NUM_SAMPLES = 512
 PAD_ID = 0
 LOG_EPS = 1e-6
+# Default additive attention bias on padded keys (transformer text tower). Finite, not -inf: int8 grids and TFLite
+# cannot hold -inf, and an all-pad row would give NaN; exp(-1e4) is exactly 0 in float32, so pads get no weight.
+# The size is what real encoders do (HF uses the float minimum) and what int8 trips on: calibrated over
+# [-1e4, scores], the int8 step of the scores+bias tensor is ~40, so the real scores round to 0 (tiny_mm: -14 pt).
+MASK_BIAS = -1e4
 
 
 class TinyParams(BaseModel):
@@ -58,9 +67,13 @@ class TinyParams(BaseModel):
     text_layers: int = Field(2, ge=1, le=12, description="transformer text tower: encoder layers")
     text_heads: int = Field(2, ge=1, le=16, description="transformer text tower: attention heads (divide embed_dim)")
     text_ffn_dim: int = Field(64, ge=4, le=4096, description="transformer text tower: feed-forward hidden width")
+    text_mask_bias: float = Field(
+        MASK_BIAS, ge=-1e30, le=-20.0,
+        description="transformer text tower: finite score bias on pad keys (-1e4 needs the attention Add and Softmax "
+                    "kept float under int8; -30 does not)")
 
 
-TRANSFORMER_ONLY = ("text_layers", "text_heads", "text_ffn_dim")
+TRANSFORMER_ONLY = ("text_layers", "text_heads", "text_ffn_dim", "text_mask_bias")
 
 
 def _validate(params: dict | None) -> TinyParams:
@@ -162,11 +175,6 @@ class TextTower(nn.Module):
         return torch.relu(self.proj(summed / mask.sum(dim=1).clamp(min=1.0)))
 
 
-# Additive attention bias on padded keys. Finite, not -inf: int8 grids and TFLite cannot hold -inf, and an
-# all-pad row would give NaN; exp(-1e4) is exactly 0 in float32, so pads get no weight at all.
-MASK_BIAS = -1e4
-
-
 class EncoderLayer(nn.Module):
     """Post-LN transformer encoder layer (BERT/MiniLM order) from plain ops: x [B, T, D], bias [B, 1, T] -> [B, T, D].
 
@@ -212,10 +220,11 @@ class TransformerTextTower(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.layers = nn.ModuleList(EncoderLayer(dim, p.text_heads, p.text_ffn_dim) for _ in range(p.text_layers))
         self.proj = nn.Linear(dim, dim)
+        self.mask_bias = p.text_mask_bias
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         mask = (tokens != PAD_ID).to(torch.float32)
-        bias = ((mask - 1.0) * -MASK_BIAS).unsqueeze(1)  # 0 on real keys, MASK_BIAS on pads; broadcast over queries
+        bias = ((mask - 1.0) * -self.mask_bias).unsqueeze(1)  # 0 on real keys, mask_bias on pads; for every query
         x = self.norm(self.embed(tokens) + self.pos)
         for layer in self.layers:
             x = layer(x, bias)
