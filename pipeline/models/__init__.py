@@ -8,6 +8,10 @@ A factory is a class (instantiated without arguments) or object with three metho
 - `create(params: dict, ctx: FactoryContext) -> torch.nn.Module`
                                                   the ready model (trained or pretrained), in eval mode.
 
+Optionally `components(params, module) -> dict[str, Component]` (see pipeline/models/components.py) splits a
+created model into parts a device runs separately (image encoder per frame, text encoder when prompts change,
+fusion head), each with its own IOSpec and the wiring between them.
+
 The module's `forward` takes the IOSpec inputs positionally, in IOSpec order, as batch-1 tensors, and returns
 one tensor per IOSpec output (a tuple when there are several).
 """
