@@ -48,6 +48,9 @@ def _iospec_for_artifact(iospec, meta: dict) -> dict:
     for group in ("inputs", "outputs"):
         for tensor in spec[group]:
             tensor["quantization"] = io_quant.get(tensor["name"])
+            qdtype = (tensor["quantization"] or {}).get("dtype")
+            if qdtype in ("int8", "uint8") and meta.get("io_dtype") in ("int8", "uint8"):
+                tensor["dtype"] = qdtype  # the model itself takes/returns integers (TFLite int8 I/O)
             change = layouts.get(tensor["name"]) if group == "inputs" else None
             if change:
                 tensor.update({k: change[k] for k in ("layout", "shape", "dtype") if k in change})

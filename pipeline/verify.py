@@ -81,6 +81,11 @@ class Verify(Stage):
             raise StageError(f"{fmt} runtime cannot load the artifact: {str(err).splitlines()[0]}") from err
         split = ctx.dataset.split("eval")
         collected: dict[str, list[np.ndarray]] = {n: [] for n in ctx.iospec.output_names}
+        try:
+            # Converters may rename outputs (e.g. Identity, output_0); the agent maps IOSpec names onto them.
+            names = session.map_outputs(ctx.iospec.output_names)
+        except Exception as err:
+            raise StageError(f"{fmt} artifact outputs do not match the IOSpec: {str(err).splitlines()[0]}") from err
         with ctx.progress.task(f"verify {ctx.target.name} on eval", len(split)) as task:
             for i in range(len(split)):
                 try:
@@ -88,7 +93,7 @@ class Verify(Stage):
                 except Exception as err:  # the agent's AgentError: one line naming the input
                     raise StageError(f"{fmt} runtime failed on eval sample {i}: {str(err).splitlines()[0]}") from err
                 for name in collected:
-                    collected[name].append(np.asarray(out[name], dtype=np.float32))
+                    collected[name].append(np.asarray(out[names[name]], dtype=np.float32))
                 task.advance()
         outputs = {k: np.concatenate(v) for k, v in collected.items()}
         reference = {n: np.load(ref_art.path(f"eval.{n}.npy")) for n in ctx.iospec.output_names}

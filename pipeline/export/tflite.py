@@ -54,10 +54,11 @@ class ExportSavedModel(Stage):
                 "iospec": ctx.iospec.model_dump(mode="json")}
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
-        scratch = ctx.workdir / "onnx2tf_scratch"
+        # Absolute paths: the child runs inside the scratch directory, and the cache dir may be relative.
+        scratch = (ctx.workdir / "onnx2tf_scratch").resolve()
         scratch.mkdir()
         try:
-            job = _write_job(scratch, artifact.main_file, ctx)
+            job = _write_job(scratch, artifact.main_file.resolve(), ctx)
             _run_onnx2tf(job, scratch, artifact.main_file.name)
             signature = json.loads((scratch / "signature.json").read_text(encoding="utf-8"))
             shutil.move(str(scratch / "saved_model"), str(ctx.workdir / "saved_model"))
@@ -78,7 +79,8 @@ def _keep_layout_inputs(iospec) -> list[str]:
     A [B, C, T] or [B, T, D] sequence has no natural channel-last reading; transposing it would only move a
     transpose into the firmware.
     """
-    return [s.name for s in iospec.inputs if 3 <= len(s.shape) <= 5 and not (s.modality == "image" and len(s.shape) == 4)]
+    return [s.name for s in iospec.inputs
+            if 3 <= len(s.shape) <= 5 and not (s.modality == "image" and len(s.shape) == 4)]
 
 
 def _channel_last(rank: int) -> list[int]:
@@ -222,9 +224,9 @@ def _save_with_onnx_names(model, job: dict) -> None:
 
 def _import_tf():
     # TF reads this once, at import; its absl lines from before logging starts (oneDNN notice, CUDA probing) ignore
-    # it and go straight to fd 2, so the import runs with native output captured.
+    # it and go straight to fd 2, so the import runs with native output silenced.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _native_output_captured():
+    with _native_output_silenced():
         import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
@@ -232,24 +234,23 @@ def _import_tf():
 
 
 @contextlib.contextmanager
-def _native_output_captured():
-    """Send what native code prints on fd 1/2 (the calibrator's chatter) to a temp file; yields its text list.
+def _native_output_silenced():
+    """Drop what native code prints straight to fd 1/2 (the calibrator's settings line, LiteRT's delegate notice).
 
     Python's own sys.stdout/sys.stderr are pointed at copies of the original descriptors meanwhile, so progress
-    bars and our messages still reach the terminal.
+    bars and our messages still reach the terminal; failures arrive as Python exceptions and are reported.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
     streams = (sys.stdout, sys.stderr)
-    captured: list[str] = []
     with tempfile.TemporaryFile() as sink:
         try:
             sys.stdout = open(saved[1], "w", closefd=False, buffering=1, encoding="utf-8", errors="replace")
             sys.stderr = open(saved[2], "w", closefd=False, buffering=1, encoding="utf-8", errors="replace")
             for fd in (1, 2):
                 os.dup2(sink.fileno(), fd)
-            yield captured
+            yield
         finally:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
@@ -257,8 +258,6 @@ def _native_output_captured():
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
-            sink.seek(0)
-            captured.append(sink.read().decode("utf-8", errors="replace"))
 
 
 def converter_message(err: BaseException) -> str:
@@ -282,7 +281,7 @@ def _convert(build, what: str) -> bytes:
         # The calibrator still goes through tf.lite.Interpreter, which warns that it is deprecated.
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
         try:
-            with _native_output_captured():
+            with _native_output_silenced():
                 return build()
         except StageError:
             raise
@@ -293,7 +292,8 @@ def _convert(build, what: str) -> bytes:
 def inspect_tflite(buf: bytes) -> dict:
     """Ops and tensors of a .tflite flatbuffer, read directly (the interpreter refuses files with Flex ops).
 
-    Returns {"ops": [{"op", "inputs", "outputs"}], "tensors": [{"name", "dtype", "const"}]} for the main graph.
+    Returns {"ops": [{"op", "inputs", "outputs"}], "tensors": [{"name", "dtype", "const", "bytes"}], "inputs"}
+    for the main graph (tensor indices as the interpreter numbers them).
     """
     from tensorflow.lite.python import schema_py_generated as fb
 
@@ -304,14 +304,16 @@ def inspect_tflite(buf: bytes) -> dict:
     tensors = []
     for i in range(graph.TensorsLength()):
         t = graph.Tensors(i)
+        size = model.Buffers(t.Buffer()).DataLength()
         tensors.append({"name": t.Name().decode(), "dtype": type_names.get(t.Type(), str(t.Type())),
-                        "const": model.Buffers(t.Buffer()).DataLength() > 0})
+                        "const": size > 0, "bytes": size})
     ops = []
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())
         builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        name = code.CustomCode().decode() if builtin == fb.BuiltinOperator.CUSTOM else op_names.get(builtin, str(builtin))
+        custom = builtin == fb.BuiltinOperator.CUSTOM  # Flex ops are custom ops named "Flex<TF op>"
+        name = code.CustomCode().decode() if custom else op_names.get(builtin, str(builtin))
         ops.append({"op": name, "inputs": [int(x) for x in op.InputsAsNumpy()] if op.InputsLength() else [],
                     "outputs": [int(x) for x in op.OutputsAsNumpy()] if op.OutputsLength() else []})
     return {"ops": ops, "tensors": tensors,
@@ -319,31 +321,31 @@ def inspect_tflite(buf: bytes) -> dict:
 
 
 def model_facts(graph: dict, buf: bytes) -> dict:
-    """Op histogram, constant (weight) and activation dtype summaries, file size: the artifact's meta."""
+    """Op histogram, constants (weights: tensors and bytes per dtype), activation tensors per dtype, file size."""
     hist: dict[str, int] = {}
     for op in graph["ops"]:
         hist[op["op"]] = hist.get(op["op"], 0) + 1
-    weights: dict[str, int] = {}
+    weights: dict[str, dict] = {}
     activations: dict[str, int] = {}
     produced = {t for op in graph["ops"] for t in op["outputs"]}
     for index, tensor in enumerate(graph["tensors"]):
         if tensor["const"]:
-            weights[tensor["dtype"]] = weights.get(tensor["dtype"], 0) + 1
+            entry = weights.setdefault(tensor["dtype"], {"tensors": 0, "bytes": 0})
+            entry["tensors"] += 1
+            entry["bytes"] += tensor["bytes"]
         elif index in produced:
             activations[tensor["dtype"]] = activations.get(tensor["dtype"], 0) + 1
     return {"ops": dict(sorted(hist.items())), "weights_dtypes": dict(sorted(weights.items())),
             "activation_dtypes": dict(sorted(activations.items())), "size_bytes": len(buf)}
 
 
-def _check_ops(hist: dict, ctx: StageContext) -> None:
+def _refuse_flex(hist: dict) -> None:
+    # Unreachable while only builtin op sets are enabled; kept so that no route can ship a file LiteRT refuses.
+    # (A target's ops.allowed/denied lists are checked by the runner on meta["ops"].)
     flex = sorted(op for op in hist if op.startswith("Flex"))
     if flex:
         raise StageError(f"the TFLite model contains Flex ops {', '.join(flex)}; the LiteRT builtin runtime cannot "
                          "run them")
-    allowed, denied = ctx.target.ops.allowed, set(ctx.target.ops.denied)
-    bad = [op for op in hist if op in denied or (allowed is not None and op not in allowed)]
-    if bad:
-        raise StageError(f"op {bad[0]} is not allowed on target '{ctx.target.name}' (ops.allowed / ops.denied)")
 
 
 def _smoke_run(path: Path, artifact: Artifact, ctx: StageContext):
@@ -353,7 +355,7 @@ def _smoke_run(path: Path, artifact: Artifact, ctx: StageContext):
     from ..verify import adapt_sample
 
     try:
-        with _native_output_captured():  # LiteRT announces its XNNPACK delegate on stderr
+        with _native_output_silenced():  # LiteRT announces its XNNPACK delegate on stderr
             session = open_model(str(path), "tflite", 1)
             session.run(adapt_sample(ctx.dataset.split("eval").sample(0), artifact))
     except Exception as err:
@@ -368,7 +370,7 @@ def _write_tflite(buf: bytes, ctx: StageContext, source: Artifact) -> tuple[Path
     path.write_bytes(buf)
     graph = inspect_tflite(buf)
     facts = model_facts(graph, buf)
-    _check_ops(facts["ops"], ctx)
+    _refuse_flex(facts["ops"])
     session = _smoke_run(path, source, ctx)
     facts["inputs"] = [d.as_dict() for d in session.input_details]
     facts["outputs"] = [d.as_dict() for d in session.output_details]
@@ -384,7 +386,7 @@ class ConvertTflite(Stage):
     extra = "tflite"
 
     def config(self, ctx: StageContext) -> dict:
-        return {"precision": ctx.target.precision, "ops": ctx.target.ops.model_dump()}
+        return {"precision": ctx.target.precision}
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         tf = _import_tf()
@@ -415,7 +417,7 @@ def _check_settings(ctx: StageContext, keep: list[str]) -> None:
     """Settings TFLite's int8 scheme cannot honour fail here instead of being silently replaced."""
     q, c = ctx.target.quantization, ctx.target.calibration
     problems = []
-    if c.method != "minmax":
+    if c.method not in ("minmax", "toolchain_default"):  # min/max is TFLiteConverter's only (and default) method
         problems.append(f"calibration.method '{c.method}' (TFLiteConverter calibrates min/max only)")
     if q.activation_type != "int8" or q.weight_type != "int8":
         problems.append("activation_type/weight_type other than int8 (TFLite int8 kernels are int8 x int8)")
@@ -514,8 +516,8 @@ class QuantizeTflite(Stage):
     extra = "tflite"
 
     def config(self, ctx: StageContext) -> dict:
-        return {"quantization": ctx.target.quantization.model_dump(), "calibration": ctx.target.calibration.model_dump(),
-                "keep_float": keep_float_patterns(ctx), "ops": ctx.target.ops.model_dump()}
+        return {"quantization": ctx.target.quantization.model_dump(),
+                "calibration": ctx.target.calibration.model_dump(), "keep_float": keep_float_patterns(ctx)}
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         tf = _import_tf()
@@ -677,7 +679,10 @@ def _node_ops(node, model, matches: dict, graph: dict, depth: int = 0) -> set[in
         index = stack.pop()
         ops.add(index)
         for t in graph["ops"][index]["inputs"]:
-            if t < 0 or graph["tensors"][t]["const"] or t in elsewhere or producer.get(t) in ops:
+            # Integer and bool tensors (token ids, masks) are never quantized: they bound a node like a matched value.
+            tensor = graph["tensors"][t] if t >= 0 else None
+            if tensor is None or tensor["const"] or tensor["dtype"] != "float32" or t in elsewhere \
+                    or producer.get(t) in ops:
                 continue
             if t in graph_inputs:
                 if not takes_graph_input:
