@@ -14,7 +14,7 @@ from .conftest import REPO, write_release
 
 def test_default_release_and_profiles_load():
     cfg, base = load_release(None)
-    assert cfg.targets == ["host-onnx-fp32", "host-onnx-int8"]
+    assert cfg.targets == [f"host-{f}-{p}" for f in ("onnx", "openvino", "tflite") for p in ("fp32", "int8")]
     for name in available_profiles():
         assert load_profile(name, base).name == name
 

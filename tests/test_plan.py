@@ -36,8 +36,11 @@ def test_chains_fit_kinds():
 def test_default_plan():
     cfg, base = load_release(None)
     plan = make_plan(cfg, base)
-    assert [t.name for t in plan.targets] == ["host-onnx-fp32", "host-onnx-int8"]
-    assert plan.targets[1].chain == ("export_onnx", "quantize_onnx")
+    assert [t.name for t in plan.targets][:2] == ["host-onnx-fp32", "host-onnx-int8"]
+    chains = {t.name: t.chain for t in plan.targets}
+    assert chains["host-onnx-int8"] == ("export_onnx", "quantize_onnx")
+    assert chains["host-openvino-int8"] == ("export_onnx", "convert_openvino", "quantize_openvino")
+    assert chains["host-tflite-int8"] == ("export_onnx", "export_savedmodel", "quantize_tflite")
 
 
 def test_duplicate_target(tmp_path):

@@ -43,7 +43,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 class ExportSavedModel(Stage):
     name = "export_savedmodel"
-    version = 1
+    version = 2
     consumes = ("onnx",)
     produces = "savedmodel"
     requires = ("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnxruntime", "onnx_graphsurgeon", "sng4onnx")
@@ -62,6 +62,9 @@ class ExportSavedModel(Stage):
             _run_onnx2tf(job, scratch, artifact.main_file.name)
             signature = json.loads((scratch / "signature.json").read_text(encoding="utf-8"))
             shutil.move(str(scratch / "saved_model"), str(ctx.workdir / "saved_model"))
+            # fingerprint.pb carries a random id per save; nothing downstream reads it, and without it the
+            # SavedModel (hence the lineage recorded in every bundle) is byte-identical across builds.
+            (ctx.workdir / "saved_model" / "fingerprint.pb").unlink(missing_ok=True)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         # quantize_tflite finds keep_float's ONNX nodes in the TFLite graph by running this exact ONNX model.
