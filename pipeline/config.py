@@ -128,6 +128,10 @@ class ModelConfig(_Strict):
         default_factory=list,
         description="ONNX node-name prefixes of this model that stay float in every int8 format "
                     "(e.g. an in-graph log-mel front-end); added to each target's quantization.keep_float")
+    keep_float_by_format: dict[Literal["onnx", "openvino", "tflite"], list[str]] = Field(
+        default_factory=dict,
+        description="extra keep_float entries for one format only (e.g. a transformer tower that TFLite's "
+                    "int8 kernels cannot run); declared in the manifest like the others")
 
     @field_validator("factory")
     @classmethod

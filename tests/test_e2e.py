@@ -33,6 +33,8 @@ def test_default_build_publishes_every_target(default_build):
     assert (release / "report.html").is_file() and (release / "release.resolved.yaml").is_file()
     for column in ("target", "format", "precision", "size", "accuracy", "agreement", "p50 ms", "p90 ms", "status"):
         assert column in proc.stdout
+    computed = [s for s in index["stages"] if s["stage"] == "export_onnx" and not s["cached"]]
+    assert len(computed) == 1, "later stages must not alter a cached ONNX export (it was recomputed)"
     by_name = {t["target"]: t for t in index["targets"]}
     for fmt in ("onnx", "openvino", "tflite"):
         int8, fp32 = by_name[f"host-{fmt}-int8"], by_name[f"host-{fmt}-fp32"]

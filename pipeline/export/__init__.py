@@ -3,9 +3,11 @@ from __future__ import annotations
 
 
 def keep_float_patterns(ctx) -> list[str]:
-    """Model-level then target-level keep_float entries (ONNX node-name prefixes or op types), de-duplicated."""
+    """Model-level (all formats, then this format) then target-level keep_float entries, de-duplicated."""
     out: list[str] = []
-    for entry in list(ctx.release.model.keep_float) + list(ctx.target.quantization.keep_float):
+    model = ctx.release.model
+    entries = list(model.keep_float) + list(model.keep_float_by_format.get(ctx.target.format, []))
+    for entry in entries + list(ctx.target.quantization.keep_float):
         if entry not in out:
             out.append(entry)
     return out

@@ -43,7 +43,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 class ExportSavedModel(Stage):
     name = "export_savedmodel"
-    version = 2
+    version = 3
     consumes = ("onnx",)
     produces = "savedmodel"
     requires = ("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnxruntime", "onnx_graphsurgeon", "sng4onnx")
@@ -58,7 +58,11 @@ class ExportSavedModel(Stage):
         scratch = (ctx.workdir / "onnx2tf_scratch").resolve()
         scratch.mkdir()
         try:
-            job = _write_job(scratch, artifact.main_file.resolve(), ctx)
+            # onnx2tf rewrites its input file in place (it simplifies the graph): give it a scratch copy, never
+            # the cached artifact, or the export_onnx cache entry stops matching its hashes.
+            onnx_copy = scratch / artifact.main_file.name
+            shutil.copyfile(artifact.main_file, onnx_copy)
+            job = _write_job(scratch, onnx_copy, ctx)
             _run_onnx2tf(job, scratch, artifact.main_file.name)
             signature = json.loads((scratch / "signature.json").read_text(encoding="utf-8"))
             shutil.move(str(scratch / "saved_model"), str(ctx.workdir / "saved_model"))
