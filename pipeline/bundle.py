@@ -58,8 +58,72 @@ def _iospec_for_artifact(iospec, meta: dict) -> dict:
     return spec
 
 
+def _lineage(arts) -> list[dict]:
+    return [{"stage": a.stage, "kind": a.kind, "precision": a.precision, "sha256": a.sha256,
+             "parents": list(a.parents)} for a in arts]
+
+
+def components_manifest(ctx: dict, files: dict[str, dict]) -> dict:
+    """What it does: a components-mode target -> the manifest's "components" section: per component its model
+    files, IOSpec as the artifact takes it, wiring (feeds_from), lineage, golden dir and latency."""
+    from .iospec import IOSpec
+
+    result, wiring = ctx["result"], ctx["components"]
+    out = {}
+    for name, c in result.components.items():
+        model = c["model"]
+        spec = IOSpec.model_validate(wiring["iospecs"][name])
+        out[name] = {"model_files": sorted(f for f in files if f.startswith(f"{name}/") and f.endswith(MODEL_SUFFIXES)),
+                     "main_file": f"{name}/{model.meta['main_file']}",
+                     "iospec": _iospec_for_artifact(spec, model.meta), "feeds_from": wiring["feeds_from"][name],
+                     "sha256": model.sha256, "ops": model.meta.get("ops", {}), "lineage": _lineage(c["lineage"]),
+                     "kept_float_nodes": model.meta.get("kept_float_nodes", []), "golden": f"golden/{name}",
+                     "latency": c["profile"].meta if c.get("profile") is not None else None}
+    return {"order": wiring["order"], "parts": out,
+            "calibration_inputs": "encoders: the calibration samples; later components: the fp32 torch "
+                                  "components' outputs on them"}
+
+
 def manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
     """The manifest: everything firmware and release engineers need to know about one bundle."""
+    result = ctx["result"]
+    if getattr(result, "components", None):
+        return _components_manifest_for(ctx, files)
+    return _fused_manifest_for(ctx, files)
+
+
+def _components_manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
+    """What it does: a components-mode target -> the manifest (fused layout, plus "components"; "model" and
+    "iospec" describe the chain as a whole)."""
+    result, profile = ctx["result"], ctx["profile"]
+    tools = {"python": sys.version.split()[0], "edgepipe": ctx["edgepipe_version"]}
+    for c in result.components.values():
+        for art in c["lineage"]:
+            tools.update(art.tool_versions)
+    tools.update(result.verification.tool_versions)
+    ver = dict(result.verification.meta)
+    tools[ver["runtime"]["name"]] = ver["runtime"]["version"]
+    first = next(iter(result.components.values()))["model"]
+    return {
+        "schema_version": SCHEMA_VERSION, "release": ctx["release"].release, "target": ctx["name"],
+        "format": profile.format, "precision": first.precision, "runtime": profile.runtime,
+        "git_commit": ctx["git_commit"], "config_hash": ctx["config_hash"],
+        "calibration_fingerprint": result.calibration_fingerprint, "tool_versions": dict(sorted(tools.items())),
+        "files": files, "export": "components",
+        "model_files": sorted(f for f in files if f.endswith(MODEL_SUFFIXES)),
+        "iospec": ctx["iospec"].model_dump(mode="json"),
+        "preprocessing_assets": sorted(f for f in files if f.startswith("assets/")),
+        "quantization": ({"settings": profile.quantization.model_dump(),
+                          "calibration": profile.calibration.model_dump()} if first.precision == "int8" else None),
+        "compression": {"applied": []},
+        "components": components_manifest(ctx, files),
+        "verification": ver, "latency": result.latency(),
+        "golden": {"dir": "golden", "atol": profile.gates.golden_atol, "rtol": profile.gates.golden_rtol},
+    }
+
+
+def _fused_manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
+    """What it does: a fused target -> its manifest (unchanged layout)."""
     result, profile = ctx["result"], ctx["profile"]
     model = result.model
     lineage = [{"stage": a.stage, "kind": a.kind, "precision": a.precision, "sha256": a.sha256,
@@ -109,7 +173,11 @@ def stage_bundle(staging: Path, ctx: dict) -> dict:
     from .report import bundle_readme
 
     result = ctx["result"]
-    _copy_tree(result.model.root, staging)
+    if getattr(result, "components", None):  # one subdirectory per component, each holding that component's model files
+        for name, c in result.components.items():
+            _copy_tree(c["model"].root, staging / name)
+    else:
+        _copy_tree(result.model.root, staging)
     _copy_tree(result.verification.path("golden"), staging / "golden")
     assets = staging / "assets"
     for spec in ctx["iospec"].inputs:
@@ -177,7 +245,11 @@ def remove_bundle(release_dir: Path, target: str) -> None:
 
 
 def config_hash(release, profile) -> str:
-    return sha256_json({"release": release.model_dump(mode="json"), "target": profile.model_dump(mode="json")})
+    """Hash of the settings of one bundle; model.export is left out when it is the default so that fused bundles
+    stay byte-identical to those built before the field existed."""
+    exclude = {"model": {"export"}} if release.model.export == "fused" else None
+    return sha256_json({"release": release.model_dump(mode="json", exclude=exclude),
+                        "target": profile.model_dump(mode="json")})
 
 
 # --------------------------------------------------------------------------- verification of a bundle
@@ -261,14 +333,26 @@ def verify_bundle(path: Path, run_golden: bool = True) -> dict:
 
 
 def run_golden_vectors(bundle: Path, manifest: dict) -> dict:
-    from targets.agent import check_golden, load_golden, open_model
-
+    """What it does: a bundle dir + manifest -> golden check report; a components bundle checks each component's
+    model file against its own golden dir and reports the totals and each part."""
+    if manifest.get("components"):
+        parts = {name: _golden_of(bundle, part["main_file"], manifest["format"], part["golden"])
+                 for name, part in manifest["components"]["parts"].items()}
+        return {"checked": sum(p["checked"] for p in parts.values()),
+                "passed": sum(p["passed"] for p in parts.values()), "components": parts}
     model_file = next((f for f in manifest["model_files"] if not f.endswith(".bin")), None)
     if model_file is None:
         raise BundleError(f"{bundle}: the manifest lists no model file")
+    return _golden_of(bundle, model_file, manifest["format"], "golden")
+
+
+def _golden_of(bundle: Path, model_file: str, fmt: str, golden_dir: str) -> dict:
+    """What it does: one model file + its golden dir in a bundle -> check_golden report; BundleError on failure."""
+    from targets.agent import check_golden, load_golden, open_model
+
     try:
-        session = open_model(str(bundle / model_file), manifest["format"], 1)
-        result = check_golden(session, load_golden(str(bundle / "golden")))
+        session = open_model(str(bundle / model_file), fmt, 1)
+        result = check_golden(session, load_golden(str(bundle / golden_dir)))
     except BundleError:
         raise
     except Exception as err:

@@ -132,6 +132,10 @@ class ModelConfig(_Strict):
         default_factory=dict,
         description="extra keep_float entries for one format only (e.g. a transformer tower that TFLite's "
                     "int8 kernels cannot run); declared in the manifest like the others")
+    export: Literal["fused", "components", "both"] = Field(
+        "fused", description="fused = one graph per target; components = one artifact chain per component of the "
+                             "factory's components() (e.g. encoders + fusion head), verified per component and "
+                             "end to end, in one bundle; both = the fused bundle plus a '<target>-components' bundle")
 
     @field_validator("factory")
     @classmethod

@@ -131,3 +131,71 @@ class ReferenceOutputs(Stage):
             meta["accuracy"] = float((first.argmax(-1) == split.labels).mean())
         (ctx.workdir / "reference.json").write_text(json.dumps(meta, sort_keys=True))
         return ctx.artifact("reference", meta=meta)
+
+
+def _component_outputs(components, split, progress, what: str) -> dict[str, dict[str, np.ndarray]]:
+    """What it does: torch module + components + a split -> every component's inputs and outputs per sample
+    (stacked), by running the fp32 torch components in chain order: {component: {"in.<x>"/"out.<y>": array}}."""
+    from .models.components import chain_of, run_chain
+
+    order, feeds = chain_of(components)
+    collected: dict[str, dict[str, list[np.ndarray]]] = {n: {} for n in order}
+
+    def run_fn(name, inputs):
+        comp = components[name]
+        for k, v in inputs.items():
+            collected[name].setdefault(f"in.{k}", []).append(v)
+        outs = run_torch(comp.module, comp.iospec, inputs)
+        for k, v in outs.items():
+            collected[name].setdefault(f"out.{k}", []).append(v)
+        return outs
+
+    with progress.task(f"torch fp32 components on {what}", len(split)) as task:
+        for i in range(len(split)):
+            run_chain(order, feeds, run_fn, split.sample(i))
+            task.advance()
+    return {n: {k: np.concatenate(v) for k, v in d.items()} for n, d in collected.items()}
+
+
+class ComponentReference(Stage):
+    """fp32 torch components on eval and calibration: per-component references and calibration inputs."""
+
+    name = "component_reference"
+    version = 1
+    consumes = ("torch",)
+    produces = "reference"
+    requires = ("torch",)
+    extra = "torch"
+
+    def config(self, ctx: StageContext) -> dict:
+        return {"eval": ctx.dataset.split_fingerprint("eval"),
+                "calibration": ctx.dataset.split_fingerprint("calibration")}
+
+    def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
+        """What it does: torch artifact -> eval.<component>.{in,out}.<tensor>.npy and calibration.<component>.
+        <input>.npy (all calibration samples; targets draw their subset like the fused model's)."""
+        import torch
+
+        factory = import_factory(ctx.release.model.factory)
+        params = ctx.release.model.params
+        components = factory.components(params, load_torch(artifact, factory, params))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # fixed thread count, like the fused reference
+        try:
+            per_split = {s: _component_outputs(components, ctx.dataset.split(s), ctx.progress, s)
+                         for s in ("eval", "calibration")}
+        finally:
+            torch.set_num_threads(threads)
+        for name, arrays in per_split["eval"].items():
+            for key, value in arrays.items():
+                np.save(ctx.workdir / f"eval.{name}.{key}.npy", value)
+        for name, arrays in per_split["calibration"].items():
+            for key, value in arrays.items():
+                if key.startswith("in."):
+                    np.save(ctx.workdir / f"calibration.{name}.{key[3:]}.npy", value)
+        meta = {"components": list(components), "samples": len(ctx.dataset.split("eval")),
+                "feeds_from": {n: dict(c.feeds_from) for n, c in components.items()},
+                "iospecs": {n: c.iospec.model_dump(mode="json") for n, c in components.items()},
+                "calibration_inputs": "fp32 torch components run on the calibration split"}
+        (ctx.workdir / "component_reference.json").write_text(json.dumps(meta, sort_keys=True))
+        return ctx.artifact("reference", meta=meta)

@@ -36,10 +36,12 @@ CHECK_STAGES = ("verify", "profile")
 class TargetPlan:
     profile: TargetProfile
     chain: tuple[str, ...]
+    export: str = "fused"  # fused | components: one chain for the whole graph, or the chain run per component
+    suffix: str = ""  # "-components" when a release builds both, so the two bundles get distinct names
 
     @property
     def name(self) -> str:
-        return self.profile.name
+        return self.profile.name + self.suffix
 
 
 @dataclass
@@ -55,7 +57,7 @@ class Plan:
             p = tp.profile
             checks = ["verify"] + (["profile"] if self.release.profile else [])
             calib = f"{p.calibration.method} x{p.calibration.samples}" if p.precision == "int8" else "-"
-            rows.append([p.name, p.format, p.precision, " → ".join(SHARED_STAGES[:1] + tp.chain + tuple(checks)),
+            rows.append([tp.name, p.format, p.precision, " → ".join(SHARED_STAGES[:1] + tp.chain + tuple(checks)),
                          calib, p.transport.kind])
         return rows
 
@@ -137,5 +139,15 @@ def make_plan(cfg: ReleaseConfig, base_dir: Path) -> Plan:
         if chain is None:
             raise ConfigError(f"target '{p.name}': {p.format} {p.precision} is not supported yet")
         _check_chain(p.name, chain)
-        plan.targets.append(TargetPlan(profile=p, chain=chain))
+        plan.targets.extend(_target_plans(cfg.model.export, p, chain))
     return plan
+
+
+def _target_plans(export: str, profile: TargetProfile, chain: tuple[str, ...]) -> list[TargetPlan]:
+    """model.export + one profile -> its target plans: fused, components, or both (the components one suffixed)."""
+    if export == "fused":
+        return [TargetPlan(profile=profile, chain=chain)]
+    if export == "components":
+        return [TargetPlan(profile=profile, chain=chain, export="components")]
+    return [TargetPlan(profile=profile, chain=chain),
+            TargetPlan(profile=profile, chain=chain, export="components", suffix="-components")]

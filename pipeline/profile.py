@@ -28,15 +28,19 @@ class Profile(Stage):
     extra = ""
 
     def config(self, ctx: StageContext) -> dict:
-        return {"benchmark": ctx.target.benchmark.model_dump(), "transport": ctx.target.transport.model_dump(),
-                "runtime": ctx.target.runtime, "agent": sha256_file(agent_path()),
-                "golden": ctx.deps["verification"].sha256}
+        cfg = {"benchmark": ctx.target.benchmark.model_dump(), "transport": ctx.target.transport.model_dump(),
+               "runtime": ctx.target.runtime, "agent": sha256_file(agent_path()),
+               "golden": ctx.deps["verification"].sha256}
+        if ctx.component != "model":  # only then: fused profiles keep their cache key
+            cfg["component"] = ctx.component
+        return cfg
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         from targets.transport import make_transport, run_agent
 
         b = ctx.target.benchmark
-        golden = ctx.deps["verification"].path("golden")
+        # a components verification holds one golden dir per component
+        golden = ctx.deps["verification"].path("golden" if ctx.component == "model" else f"golden/{ctx.component}")
         try:
             with make_transport(ctx.target.transport.kind) as transport:
                 model_dir = transport.push(artifact.root, "model")

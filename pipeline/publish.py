@@ -40,21 +40,22 @@ def publish_release(state: BuildState, dist: Path) -> dict:
     commit = git_commit(REPO_ROOT)
     entries = []
     for result in state.targets:
-        profile = result.plan.profile
-        entry = {"target": profile.name, "format": profile.format, "precision": profile.precision,
+        profile, name = result.plan.profile, result.plan.name
+        entry = {"target": name, "format": profile.format, "precision": profile.precision,
                  "status": result.status, "reasons": result.reasons,
                  "verification": result.verification.meta if result.verification else None,
-                 "latency_ms": result.profile.meta.get("latency_ms") if result.profile else None,
-                 "model_size_bytes": model_size_bytes(result.model) if result.model else None}
+                 "latency_ms": (result.latency() or {}).get("latency_ms"),
+                 "model_size_bytes": sum(model_size_bytes(a) for a in result.models().values()) or None}
         if result.status == "passed":
             ctx = {"release": release, "profile": profile, "result": result, "iospec": state.iospec,
                    "dataset_dir": state.plan.dataset_dir, "git_commit": commit,
-                   "config_hash": config_hash(release, profile), "edgepipe_version": __version__}
-            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{profile.name}-", dir=release_dir))
+                   "config_hash": config_hash(release, profile), "edgepipe_version": __version__, "name": name,
+                   "components": state.component_wiring}
+            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=release_dir))
             try:
                 stage_bundle(staging, ctx)
-                write_tar(staging, release_dir / f"{profile.name}.tar.gz", profile.name)
-                publish(staging, release_dir / profile.name)
+                write_tar(staging, release_dir / f"{name}.tar.gz", name)
+                publish(staging, release_dir / name)
             except BaseException:
                 import shutil
 
@@ -62,10 +63,10 @@ def publish_release(state: BuildState, dist: Path) -> dict:
                 raise
             from .artifact import sha256_file
 
-            entry["bundle"] = f"{profile.name}.tar.gz"
-            entry["bundle_sha256"] = sha256_file(release_dir / f"{profile.name}.tar.gz")
+            entry["bundle"] = f"{name}.tar.gz"
+            entry["bundle_sha256"] = sha256_file(release_dir / f"{name}.tar.gz")
         else:
-            remove_bundle(release_dir, profile.name)
+            remove_bundle(release_dir, name)
         entries.append(entry)
     index = {"schema_version": 1, "release": release.release, "git_commit": commit,
              "model": release.model.model_dump(mode="json"),

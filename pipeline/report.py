@@ -107,6 +107,20 @@ LOAD_SNIPPETS = {
 }
 
 
+def _components_readme(manifest: dict) -> str:
+    """What it does: a components manifest -> README lines naming each part's file and feeds, in run order
+    (the load snippet shows one file; a device loads each part's main file the same way)."""
+    section = manifest.get("components")
+    if not section:
+        return ""
+    lines = []
+    for name in section["order"]:
+        part = section["parts"][name]
+        feeds = ", ".join(f"`{k}` <- `{r}`" for k, r in part["feeds_from"].items())
+        lines.append(f"- `{name}`: `{part['main_file']}`, inputs from {feeds}")
+    return "\n## Components (run in this order; load each main file as above)\n\n" + "\n".join(lines) + "\n"
+
+
 def bundle_readme(manifest: dict) -> str:
     v = manifest["verification"]
     lat = (manifest.get("latency") or {}).get("latency_ms")
@@ -119,6 +133,7 @@ def bundle_readme(manifest: dict) -> str:
                f"{manifest['latency']['cpu_model']})" if lat else "not measured")
     acc = (f"{v['accuracy'] * 100:.2f}% (drop {v['accuracy_drop_pt']:+.2f} pt vs fp32 torch)"
            if "accuracy" in v else "n/a")
+    components = _components_readme(manifest)
     return f"""# {manifest['release']} / {manifest['target']}
 
 {manifest['format']} {manifest['precision']} model for `{manifest['runtime']}`.
@@ -129,7 +144,7 @@ def bundle_readme(manifest: dict) -> str:
 {LOAD_SNIPPETS[manifest['format']]}
 # feeds: one array per input below, batch 1, preprocessed as manifest.json "iospec" says
 ```
-
+{components}
 Self-test: `edgepipe verify <this bundle>` re-hashes every file and runs the vectors in `golden/`.
 
 ## Inputs

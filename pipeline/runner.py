@@ -40,6 +40,28 @@ class TargetResult:
     verification: Artifact | None = None
     profile: Artifact | None = None
     calibration_fingerprint: str | None = None
+    # export: components -> per component name: {"model", "lineage", "profile"} (run order)
+    components: dict[str, dict] = field(default_factory=dict)
+
+    def models(self) -> dict[str, Artifact]:
+        """What it does: a result -> its final model artifact(s) by component ("model" for a fused graph)."""
+        if self.components:
+            return {name: c["model"] for name, c in self.components.items() if c.get("model") is not None}
+        return {"model": self.model} if self.model is not None else {}
+
+    def latency(self) -> dict | None:
+        """What it does: profile artifact(s) -> the target's latency; for components each part and their sum
+        (a device running the whole chain once per decision pays the sum)."""
+        if not self.components:
+            return self.profile.meta if self.profile is not None else None
+        parts = {name: c["profile"].meta for name, c in self.components.items() if c.get("profile") is not None}
+        if not parts or len(parts) != len(self.components):
+            return None
+        first = next(iter(parts.values()))
+        total = {k: sum(p["latency_ms"][k] for p in parts.values()) for k in first["latency_ms"]
+                 if all(isinstance(p["latency_ms"].get(k), (int, float)) for p in parts.values())}
+        keep = {k: first[k] for k in ("threads", "runtime", "runtime_version", "cpu_model", "transport") if k in first}
+        return {**keep, "latency_ms": total, "components": parts}
 
 
 @dataclass
@@ -49,6 +71,9 @@ class BuildState:
     dataset: object
     reference: Artifact | None = None
     torch_model: Artifact | None = None
+    component_reference: Artifact | None = None
+    components: dict | None = None  # component name -> Component (torch views), when a target exports components
+    component_wiring: dict | None = None  # {"order": [...], "feeds_from": {...}, "iospecs": {...}} for bundles
     targets: list[TargetResult] = field(default_factory=list)
     records: list[StageRecord] = field(default_factory=list)
 
@@ -104,11 +129,13 @@ class Runner:
 
     def run_stage(self, state: BuildState, name: str, artifact: Artifact | None, target: str = "*",
                   profile=None, calibration: CalibrationSet | None = None,
-                  deps: dict[str, Artifact] | None = None) -> Artifact:
+                  deps: dict[str, Artifact] | None = None, component: str = "model") -> Artifact:
         stage = get_stage(name)
-        ctx = StageContext(release=state.plan.release, base_dir=state.plan.base_dir, iospec=state.iospec,
+        iospec = state.iospec if component == "model" else state.components[component].iospec
+        ctx = StageContext(release=state.plan.release, base_dir=state.plan.base_dir, iospec=iospec,
                            dataset=state.dataset, progress=self.progress, target=profile, calibration=calibration,
-                           deps=dict(deps or {}), stage=stage)
+                           deps=dict(deps or {}), stage=stage, component=component,
+                           example=None if component == "model" else self.component_example(state, component))
         inputs = ([artifact.sha256] if artifact else []) + [a.sha256 for _, a in sorted(ctx.deps.items())]
         key = cache_key(name, stage.version, stage.config(ctx), inputs,
                         calibration.fingerprint() if calibration is not None else None, stage.tool_versions())
@@ -137,9 +164,104 @@ class Runner:
         state = self.prepare(plan)
         state.torch_model = self.run_stage(state, "load", None)
         state.reference = self.run_stage(state, "reference", state.torch_model)
+        if any(r.plan.export == "components" for r in state.targets):
+            self.prepare_components(state)
         for result in state.targets:
-            self.run_target(state, result)
+            if result.plan.export == "components":
+                self.run_components_target(state, result)
+            else:
+                self.run_target(state, result)
         return state
+
+    def prepare_components(self, state: BuildState) -> None:
+        """What it does: trained torch artifact -> state.components (checked torch views), their wiring, and the
+        cached fp32 torch outputs of every component on eval and calibration (fusion-head calibration inputs are
+        the fp32 torch encoders' embeddings of the calibration samples)."""
+        from .load import import_factory, load_torch
+        from .models.components import chain_of, check_components
+
+        spec = state.plan.release.model
+        factory = import_factory(spec.factory)
+        if not callable(getattr(factory, "components", None)):
+            raise ModelFactoryError(f"model.export: {spec.export} needs a components() method on '{spec.factory}'")
+        try:
+            parts = factory.components(spec.params, load_torch(state.torch_model, factory, spec.params))
+        except EdgepipeError:
+            raise
+        except Exception as err:
+            raise ModelFactoryError(f"model.factory components() failed: {type(err).__name__}: {err}") from err
+        check_components(parts, state.iospec)
+        order, feeds = chain_of(parts)
+        state.components = parts
+        state.component_wiring = {"order": order, "feeds_from": feeds,
+                                  "iospecs": {n: c.iospec.model_dump(mode="json") for n, c in parts.items()}}
+        state.component_reference = self.run_stage(state, "component_reference", state.torch_model)
+
+    @staticmethod
+    def component_example(state: BuildState, name: str) -> dict:
+        """What it does: a component -> its inputs on eval sample 0 as the fp32 torch chain computes them."""
+        import numpy as np
+
+        ref = state.component_reference
+        return {s.name: np.load(ref.path(f"eval.{name}.in.{s.name}.npy"))[0:1]
+                for s in state.components[name].iospec.inputs}
+
+    def component_calibration(self, state: BuildState, tp: TargetPlan, name: str) -> CalibrationSet:
+        """What it does: a component + target -> the component's calibration subset (same sample draw as the
+        fused model's, inputs computed by the fp32 torch components)."""
+        import numpy as np
+
+        c = tp.profile.calibration
+        comp = state.components[name]
+        ref = state.component_reference
+        inputs = {s.name: np.load(ref.path(f"calibration.{name}.{s.name}.npy")) for s in comp.iospec.inputs}
+        source = f"{state.plan.dataset_dir.name}/calibration.npz via torch components ({name}, target {tp.name})"
+        calib = CalibrationSet(inputs, comp.iospec, source).subset(c.samples, c.seed)
+        calib.check(c.min_samples)
+        return calib
+
+    def run_components_target(self, state: BuildState, result: TargetResult) -> None:
+        """What it does: one target in components mode -> per-component chains, an end-to-end verification and
+        per-component profiles; a failure fails only this target."""
+        tp = result.plan
+        try:
+            for cname in state.components:
+                art = state.torch_model
+                lineage = [art]
+                for name in tp.chain:
+                    calib = self.component_calibration(state, tp, cname) if get_stage(name).needs_calibration else None
+                    art = self.run_stage(state, name, art, f"{tp.name}/{cname}", tp.profile, calib, component=cname)
+                    lineage.append(art)
+                self._check_ops(art, tp)
+                result.components[cname] = {"model": art, "lineage": lineage}
+            deps = {"reference": state.reference, "component_reference": state.component_reference}
+            deps.update({f"component.{n}": c["model"] for n, c in result.components.items()})
+            result.verification = self.run_stage(state, "verify_components", None, tp.name, tp.profile, deps=deps)
+            from .verify import gate_failures
+
+            result.reasons = gate_failures(result.verification.meta, tp.profile.gates)
+            if state.plan.release.profile:
+                for cname, c in result.components.items():
+                    c["profile"] = self.run_stage(state, "profile", c["model"], f"{tp.name}/{cname}", tp.profile,
+                                                  deps={"verification": result.verification}, component=cname)
+            result.status = "failed" if result.reasons else "passed"
+        except (StageError, ConfigError) as err:
+            result.status = "failed"
+            result.reasons.append(str(err))
+        except EdgepipeError as err:
+            if err.exit_code == 2:
+                raise
+            result.status = "failed"
+            result.reasons.append(str(err))
+
+    @staticmethod
+    def _check_ops(art: Artifact, tp: TargetPlan) -> None:
+        """What it does: a final artifact -> StageError if it uses ops the target denies or does not allow."""
+        from .verify import op_violations
+
+        bad_ops = op_violations(art.meta.get("ops", {}), tp.profile.ops.allowed, tp.profile.ops.denied)
+        if bad_ops:
+            raise StageError(f"{tp.profile.format} model uses ops the target does not allow: {', '.join(bad_ops)}")
 
     def run_target(self, state: BuildState, result: TargetResult) -> None:
         tp = result.plan

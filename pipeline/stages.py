@@ -31,7 +31,9 @@ STAGES: dict[str, str] = {
     "export_savedmodel": "pipeline.export.tflite:ExportSavedModel",
     "convert_tflite": "pipeline.export.tflite:ConvertTflite",
     "quantize_tflite": "pipeline.export.tflite:QuantizeTflite",
+    "component_reference": "pipeline.load:ComponentReference",
     "verify": "pipeline.verify:Verify",
+    "verify_components": "pipeline.verify:VerifyComponents",
     "profile": "pipeline.profile:Profile",
 }
 
@@ -73,6 +75,13 @@ class StageContext:
     workdir: Path | None = None
     stage: "Stage | None" = None
     parents: tuple[str, ...] = ()
+    component: str = "model"  # which part of the model a stage works on ("model" = the fused graph)
+    example: dict | None = None  # a component's inputs for eval sample 0 (fp32 torch chain); None: the model's
+
+    def example_inputs(self) -> dict:
+        """What it does: ctx -> one batch-1 input dict for this graph (tracing, converter self-checks): eval
+        sample 0, or for a component what the fp32 torch components feed it on eval sample 0."""
+        return self.example if self.example is not None else self.dataset.split("eval").sample(0)
 
     def artifact(self, kind: str, component: str = "model", precision: str = "fp32", meta: dict | None = None,
                  main_file: str | None = None) -> Artifact:

@@ -131,3 +131,105 @@ def op_violations(ops: dict[str, int], allowed: list[str] | None, denied: list[s
     if allowed is not None:
         bad += sorted(op for op in ops if op not in bad and not any(fnmatchcase(op, pat) for pat in allowed))
     return bad
+
+
+def _open_component(art: Artifact, name: str, iospec_outputs: list[str], threads: int):
+    """What it does: one component artifact -> (agent session, IOSpec output name -> session output name)."""
+    from targets.agent import open_model
+
+    fmt = FORMAT_OF_KIND[art.kind]
+    try:
+        session = open_model(str(art.main_file), fmt, threads)
+        return session, session.map_outputs(iospec_outputs)
+    except Exception as err:
+        raise StageError(f"{fmt} runtime cannot load component '{name}': {str(err).splitlines()[0]}") from err
+
+
+def _run_component(session, names: dict[str, str], art: Artifact, feeds: dict, where: str) -> dict[str, np.ndarray]:
+    """What it does: a session + IOSpec-layout feeds -> {IOSpec output name: float32 array}."""
+    try:
+        out = session.run(adapt_sample(feeds, art))
+    except Exception as err:  # the agent's AgentError: one line naming the input
+        raise StageError(f"runtime failed on {where}: {str(err).splitlines()[0]}") from err
+    return {n: np.asarray(out[s], dtype=np.float32) for n, s in names.items()}
+
+
+class VerifyComponents(Stage):
+    """Component artifacts of one target -> per-component fidelity vs the fp32 torch components, end-to-end
+    fidelity of the chained artifacts vs the fp32 fused reference (the gates apply to this), golden per component."""
+
+    name = "verify_components"
+    version = 1
+    consumes = ()
+    produces = "verification"
+    requires = ("numpy",)
+    extra = ""
+
+    def config(self, ctx: StageContext) -> dict:
+        return Verify.config(self, ctx)
+
+    def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
+        """What it does: deps component.<name> + reference + component_reference -> verification.json, golden/<c>/."""
+        from targets.agent import write_golden
+
+        cref = ctx.deps["component_reference"]
+        arts = {n: ctx.deps[f"component.{n}"] for n in cref.meta["components"]}
+        threads = ctx.target.benchmark.threads
+        specs = {n: _component_spec(cref, n) for n in arts}
+        opened = {n: _open_component(a, n, specs[n][1], threads) for n, a in arts.items()}
+        split = ctx.dataset.split("eval")
+        per_component, golden = {}, {}
+        k = min(ctx.release.golden_count, len(split))
+        for n, art in arts.items():
+            outs, feeds = self._component_outputs(opened[n], art, cref, n, specs[n], len(split))
+            reference = {o: np.load(cref.path(f"eval.{n}.out.{o}.npy")) for o in specs[n][1]}
+            per_component[n] = compare(outs, reference, None, None, specs[n][1][0])
+            golden[n] = ([adapt_sample(feeds[i], art) for i in range(k)],
+                         [{o: outs[o][i : i + 1] for o in outs} for i in range(k)])
+        result = self._end_to_end(ctx, arts, opened, split)
+        result["components"] = per_component
+        first = next(iter(opened.values()))[0]
+        result["runtime"] = {"name": first.runtime_name, "version": first.runtime_version}
+        g = ctx.target.gates
+        for n, (samples, expected) in golden.items():
+            write_golden(ctx.workdir / "golden" / n, samples, expected, g.golden_atol, g.golden_rtol)
+        (ctx.workdir / "verification.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+        return ctx.artifact("verification", component="components", precision=next(iter(arts.values())).precision,
+                            meta=result)
+
+    @staticmethod
+    def _component_outputs(opened, art, cref, name, spec, count):
+        """What it does: one component, fed the fp32 torch inputs on eval -> (stacked outputs, per-sample feeds)."""
+        session, names = opened
+        inputs = {i: np.load(cref.path(f"eval.{name}.in.{i}.npy")) for i in spec[0]}
+        feeds = [{i: v[j : j + 1] for i, v in inputs.items()} for j in range(count)]
+        collected = [_run_component(session, names, art, f, f"component '{name}' eval sample {j}")
+                     for j, f in enumerate(feeds)]
+        return {o: np.concatenate([c[o] for c in collected]) for o in spec[1]}, feeds
+
+    @staticmethod
+    def _end_to_end(ctx, arts, opened, split) -> dict:
+        """What it does: the chained component artifacts on eval -> compare() vs the fused fp32 reference."""
+        from .models.components import run_chain
+
+        ref_art = ctx.deps["reference"]
+        wiring = ctx.deps["component_reference"].meta["feeds_from"]
+        order = list(arts)
+        collected: dict[str, list[np.ndarray]] = {n: [] for n in ctx.iospec.output_names}
+        with ctx.progress.task(f"verify {ctx.target.name} components end to end", len(split)) as task:
+            for i in range(len(split)):
+                run_fn = lambda n, feeds: _run_component(*opened[n], arts[n], feeds, f"component '{n}' sample {i}")
+                last = run_chain(order, wiring, run_fn, split.sample(i))[order[-1]]
+                for name in collected:
+                    collected[name].append(last[name])
+                task.advance()
+        outputs = {k: np.concatenate(v) for k, v in collected.items()}
+        reference = {n: np.load(ref_art.path(f"eval.{n}.npy")) for n in ctx.iospec.output_names}
+        labels = np.load(ref_art.path("labels.npy")) if "labels.npy" in ref_art.files else None
+        return compare(outputs, reference, labels, ref_art.meta.get("accuracy"), ctx.iospec.output_names[0])
+
+
+def _component_spec(cref: Artifact, name: str) -> tuple[list[str], list[str]]:
+    """What it does: component reference + component name -> (input names, output names) in IOSpec order."""
+    spec = cref.meta["iospecs"][name]
+    return [t["name"] for t in spec["inputs"]], [t["name"] for t in spec["outputs"]]

@@ -11,3 +11,13 @@ def keep_float_patterns(ctx) -> list[str]:
         if entry not in out:
             out.append(entry)
     return out
+
+
+def keep_float_in_component(ctx, patterns: list[str], names, types) -> list[str]:
+    """What it does: keep_float entries + this graph's op names and types -> the entries to apply. A fused graph
+    gets all of them (unmatched ones stay errors); a component gets those that match something in it, because
+    model.keep_float names nodes of the whole model and most of them live in other components."""
+    if ctx.component == "model":
+        return patterns
+    names, types = list(names), set(types)
+    return [p for p in patterns if p in types or any(n.startswith(p) for n in names)]

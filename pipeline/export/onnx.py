@@ -8,7 +8,7 @@ import logging
 
 from ..artifact import Artifact
 from ..errors import StageError
-from . import keep_float_patterns
+from . import keep_float_in_component, keep_float_patterns
 from ..stages import Stage, StageContext
 
 
@@ -29,17 +29,29 @@ class ExportOnnx(Stage):
     extra = "onnx"
 
     def config(self, ctx: StageContext) -> dict:
-        return {"onnx": ctx.release.export.onnx.model_dump(), "iospec": ctx.iospec.model_dump(mode="json")}
+        cfg = {"onnx": ctx.release.export.onnx.model_dump(), "iospec": ctx.iospec.model_dump(mode="json")}
+        if ctx.component != "model":  # only then: the fused graph's cache key stays as it was
+            cfg["component"] = ctx.component
+        return cfg
+
+    @staticmethod
+    def _module_and_example(artifact: Artifact, ctx: StageContext):
+        """What it does: torch artifact + ctx.component -> (module to export, example inputs): the whole model or
+        the component's torch view, on ctx.example_inputs()."""
+        from ..load import import_factory, load_torch, torch_inputs
+
+        factory = import_factory(ctx.release.model.factory)
+        module = load_torch(artifact, factory, ctx.release.model.params)
+        if ctx.component != "model":
+            module = factory.components(ctx.release.model.params, module)[ctx.component].module
+        return module, torch_inputs(ctx.iospec, ctx.example_inputs())
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         import onnx
         import torch
 
-        from ..load import import_factory, load_torch, torch_inputs
-
         settings = ctx.release.export.onnx
-        module = load_torch(artifact, import_factory(ctx.release.model.factory), ctx.release.model.params)
-        example = torch_inputs(ctx.iospec, ctx.dataset.split("eval").sample(0))
+        module, example = self._module_and_example(artifact, ctx)
         path = ctx.workdir / "model.onnx"
         try:
             torch.onnx.export(module, example, str(path), dynamo=False, opset_version=settings.opset,
@@ -63,7 +75,7 @@ class ExportOnnx(Stage):
         onnx.save(model, str(path))
         meta = {"opset": settings.opset, "nodes_exported": nodes_before, "nodes": len(model.graph.node),
                 "slimmed": slimmed, "ops": op_histogram(model)}
-        return ctx.artifact("onnx", component=artifact.component, precision="fp32", meta=meta,
+        return ctx.artifact("onnx", component=ctx.component, precision="fp32", meta=meta,
                             main_file="model.onnx")
 
 
@@ -145,7 +157,9 @@ class QuantizeOnnx(Stage):
         q, c = ctx.target.quantization, ctx.target.calibration
         calib = ctx.calibration
         model = onnx.load(str(artifact.main_file))
-        excluded = _keep_float_nodes(model, keep_float_patterns(ctx))
+        patterns = keep_float_in_component(ctx, keep_float_patterns(ctx), (n.name for n in model.graph.node),
+                                           (n.op_type for n in model.graph.node))
+        excluded = _keep_float_nodes(model, patterns)
         qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
         method = {"minmax": CalibrationMethod.MinMax, "toolchain_default": CalibrationMethod.MinMax,
                   "entropy": CalibrationMethod.Entropy,

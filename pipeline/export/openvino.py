@@ -14,7 +14,7 @@ import os
 from ..artifact import Artifact
 from ..errors import StageError
 from ..stages import Stage, StageContext
-from . import keep_float_patterns
+from . import keep_float_in_component, keep_float_patterns
 
 # Ops that are graph plumbing, not computation: never candidates for keep_float matching by name prefix.
 _STRUCTURAL_OPS = ("Parameter", "Result", "Constant")
@@ -254,7 +254,10 @@ class QuantizeOpenvino(Stage):
         q, calib = ctx.target.quantization, ctx.calibration
         _check_supported(q, ctx.target.calibration)
         model = ov.Core().read_model(str(artifact.main_file))
-        names, types, kept = _keep_float_scope(model, keep_float_patterns(ctx))
+        patterns = keep_float_in_component(ctx, keep_float_patterns(ctx),
+                                           [op.get_friendly_name() for op in model.get_ordered_ops()],
+                                           [op.get_type_name() for op in model.get_ordered_ops()])
+        names, types, kept = _keep_float_scope(model, patterns)
         if ctx.target.calibration.method == "toolchain_default":
             # Baseline for benchmarks: nncf.quantize exactly as a user calls it without settings.
             kwargs, record = {"subset_size": len(calib)}, {"nncf_defaults": True, "subset_size": len(calib)}

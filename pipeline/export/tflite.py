@@ -26,7 +26,7 @@ from pathlib import Path
 from ..artifact import Artifact
 from ..errors import StageError
 from ..stages import Stage, StageContext
-from . import keep_float_patterns
+from . import keep_float_in_component, keep_float_patterns
 
 # ONNX ops onnx2tf rebuilds from TFLite builtins: plain onnx2tf emits FlexErf, which LiteRT refuses to run.
 PSEUDO_OPS = ("Erf",)
@@ -102,7 +102,7 @@ def _write_job(scratch: Path, onnx_path: Path, ctx: StageContext) -> Path:
     """
     import numpy as np
 
-    sample = ctx.dataset.split("eval").sample(0)
+    sample = ctx.example_inputs()
     keep = _keep_layout_inputs(ctx.iospec)
     samples = []
     for index, spec in enumerate(ctx.iospec.inputs):
@@ -364,7 +364,7 @@ def _smoke_run(path: Path, artifact: Artifact, ctx: StageContext):
     try:
         with _native_output_silenced():  # LiteRT announces its XNNPACK delegate on stderr
             session = open_model(str(path), "tflite", 1)
-            session.run(adapt_sample(ctx.dataset.split("eval").sample(0), artifact))
+            session.run(adapt_sample(ctx.example_inputs(), artifact))
     except Exception as err:
         lines = str(err).splitlines() or [type(err).__name__]
         raise StageError(f"the converted model does not run in the LiteRT interpreter: {lines[0][:300]}") from err
@@ -529,6 +529,12 @@ class QuantizeTflite(Stage):
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         tf = _import_tf()
         patterns = keep_float_patterns(ctx)
+        if ctx.component != "model":  # the SavedModel artifact keeps the ONNX it came from: its node names
+            import onnx
+
+            graph_nodes = onnx.load(str(artifact.path("model.onnx"))).graph.node
+            patterns = keep_float_in_component(ctx, patterns, [n.name for n in graph_nodes],
+                                               [n.op_type for n in graph_nodes])
         _check_settings(ctx, patterns)
         calib = ctx.calibration
         nodes, keep_tensors = keep_float_scope(tf, artifact, patterns, calib) if patterns else ([], set())
