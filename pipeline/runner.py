@@ -273,11 +273,7 @@ class Runner:
                 art = self.run_stage(state, name, art, tp.name, tp.profile, calib)
                 result.lineage.append(art)
             result.model = art
-            from .verify import op_violations
-
-            bad_ops = op_violations(art.meta.get("ops", {}), tp.profile.ops.allowed, tp.profile.ops.denied)
-            if bad_ops:
-                raise StageError(f"{tp.profile.format} model uses ops the target does not allow: {', '.join(bad_ops)}")
+            self._check_ops(art, tp)
             result.verification = self.run_stage(state, "verify", art, tp.name, tp.profile,
                                                  deps={"reference": state.reference})
             from .verify import gate_failures
