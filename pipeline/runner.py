@@ -5,6 +5,7 @@ a stage or gate failure fails only its target.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -76,6 +77,21 @@ class BuildState:
     component_wiring: dict | None = None  # {"order": [...], "feeds_from": {...}, "iospecs": {...}} for bundles
     targets: list[TargetResult] = field(default_factory=list)
     records: list[StageRecord] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _target_failures(result: "TargetResult"):
+    """A stage, gate or transport failure fails this target only (recorded); bad input (exit 2) still stops."""
+    try:
+        yield
+    except (StageError, ConfigError) as err:
+        result.status = "failed"
+        result.reasons.append(str(err))
+    except EdgepipeError as err:
+        if err.exit_code == 2:
+            raise
+        result.status = "failed"
+        result.reasons.append(str(err))
 
 
 def _crash_point(stage: str) -> None:
@@ -224,7 +240,7 @@ class Runner:
         """What it does: one target in components mode -> per-component chains, an end-to-end verification and
         per-component profiles; a failure fails only this target."""
         tp = result.plan
-        try:
+        with _target_failures(result):
             for cname in state.components:
                 art = state.torch_model
                 lineage = [art]
@@ -245,14 +261,6 @@ class Runner:
                     c["profile"] = self.run_stage(state, "profile", c["model"], f"{tp.name}/{cname}", tp.profile,
                                                   deps={"verification": result.verification}, component=cname)
             result.status = "failed" if result.reasons else "passed"
-        except (StageError, ConfigError) as err:
-            result.status = "failed"
-            result.reasons.append(str(err))
-        except EdgepipeError as err:
-            if err.exit_code == 2:
-                raise
-            result.status = "failed"
-            result.reasons.append(str(err))
 
     @staticmethod
     def _check_ops(art: Artifact, tp: TargetPlan) -> None:
@@ -267,7 +275,7 @@ class Runner:
         tp = result.plan
         art = state.torch_model
         result.lineage = [art]
-        try:
+        with _target_failures(result):
             for name in tp.chain:
                 calib = self.calibration_for(state, tp) if get_stage(name).needs_calibration else None
                 art = self.run_stage(state, name, art, tp.name, tp.profile, calib)
@@ -283,11 +291,3 @@ class Runner:
                 result.profile = self.run_stage(state, "profile", art, tp.name, tp.profile,
                                                 deps={"verification": result.verification})
             result.status = "failed" if result.reasons else "passed"
-        except (StageError, ConfigError) as err:
-            result.status = "failed"
-            result.reasons.append(str(err))
-        except EdgepipeError as err:
-            if err.exit_code == 2:
-                raise
-            result.status = "failed"
-            result.reasons.append(str(err))
