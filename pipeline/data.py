@@ -42,6 +42,7 @@ class Dataset:
 
     root: Path
     iospec: IOSpec
+    asset_root: Path | None = None  # where preprocessing assets (vocabularies) live; None: root
     _cache: dict[str, Split] = field(default_factory=dict)
 
     @property
@@ -57,8 +58,16 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         if name not in self._cache:
-            self._cache[name] = load_split(self.root, name, self.iospec)
+            self._cache[name] = load_split(self.root, name, self.iospec, self.asset_root)
         return self._cache[name]
+
+    def sub(self, name: str, iospec: IOSpec) -> "Dataset":
+        """What it does: a sub-directory (a side component's own data) -> a Dataset bound to that component's
+        IOSpec, sharing this dataset's preprocessing assets."""
+        root = self.root / name
+        if not root.is_dir():
+            raise ConfigError(f"dataset directory {root} (data of a side component) does not exist")
+        return Dataset(root=root, iospec=iospec, asset_root=self.asset_root or self.root)
 
 
 def open_dataset(root: Path, iospec: IOSpec) -> Dataset:
@@ -90,7 +99,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_split(root: Path, split: str, iospec: IOSpec) -> Split:
+def load_split(root: Path, split: str, iospec: IOSpec, asset_root: Path | None = None) -> Split:
+    """What it does: <root>/<split>.npz + IOSpec -> model-ready inputs and labels. Preprocessing assets (a
+    vocabulary) are looked up under `asset_root` (default: root)."""
     raw = load_raw(root, split)
     inputs = {}
     for spec in iospec.inputs:
@@ -100,11 +111,75 @@ def load_split(root: Path, split: str, iospec: IOSpec) -> Split:
                 f"{split_path(root, split)} has no field '{field_name}' for input '{spec.name}' "
                 f"(fields: {', '.join(sorted(raw))})"
             )
-        inputs[spec.name] = preprocess(spec, raw[field_name], root)
+        value = raw[field_name]
+        if isinstance(spec.preprocessing, ImagePreprocessing) and value.dtype.kind == "U":
+            value = load_image_files(root, raw, field_name, spec)
+        inputs[spec.name] = preprocess(spec, value, asset_root or root)
     labels = raw.get("label")
     fingerprint = Dataset(root, iospec).split_fingerprint(split)
     return Split(name=split, inputs=inputs, labels=None if labels is None else labels.astype(np.int64),
                  fingerprint=fingerprint)
+
+
+def _image_size(spec: TensorSpec) -> tuple[int, int]:
+    """What it does: an image TensorSpec -> (height, width) from its layout (NCHW or NHWC)."""
+    layout = spec.layout or "NHWC"
+    return spec.shape[layout.index("H")], spec.shape[layout.index("W")]
+
+
+def load_image_files(root: Path, raw: dict[str, np.ndarray], field_name: str, spec: TensorSpec) -> np.ndarray:
+    """What it does: photo paths (relative to the dataset dir) + optional per-sample augmentation fields
+    -> uint8 [N, H, W, 3] RGB at the spec's size.
+
+    `<field>_crop` int [N, 4] (x0, y0, x1, y1) boxes in the stored photo (default: the centre crop a device does:
+    resize the shorter side to `resize_shorter`, crop the middle), `<field>_flip` int [N] (1 = mirror left-right),
+    `<field>_jitter` float [N, 3] (brightness, contrast, saturation factors). Crops are resized bicubic.
+    """
+    try:
+        from PIL import Image, ImageEnhance
+    except ImportError as err:  # pillow is a core dependency; a broken install says so in one line
+        raise InputSpecError("image files in the dataset need pillow: pip install pillow") from err
+    height, width = _image_size(spec)
+    paths = raw[field_name]
+    crops, flips, jitters = (raw.get(f"{field_name}_{k}") for k in ("crop", "flip", "jitter"))
+    for name, arr, cols in (("crop", crops, 4), ("flip", flips, None), ("jitter", jitters, 3)):
+        if arr is not None and (len(arr) != len(paths) or (cols and arr.shape[1:] != (cols,))):
+            raise InputSpecError(f"dataset field '{field_name}_{name}' has shape {arr.shape}, expected "
+                                 f"[{len(paths)}{', ' + str(cols) if cols else ''}]")
+    out = np.empty((len(paths), height, width, 3), np.uint8)
+    opened: dict[str, object] = {}
+    for i, rel in enumerate(paths):
+        path = root / str(rel)
+        if str(rel) not in opened:
+            try:
+                with Image.open(path) as im:
+                    opened[str(rel)] = im.convert("RGB")
+            except (OSError, ValueError) as err:
+                raise InputSpecError(f"cannot read image {path}: {err}") from err
+        img = opened[str(rel)]
+        box = tuple(int(v) for v in crops[i]) if crops is not None else _centre_box(img.size, height, width,
+                                                                                    spec.preprocessing)
+        img = img.crop(box).resize((width, height), Image.BICUBIC)
+        if flips is not None and flips[i]:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if jitters is not None:
+            for enhancer, factor in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color),
+                                        jitters[i]):
+                if float(factor) != 1.0:
+                    img = enhancer(img).enhance(float(factor))
+        out[i] = np.asarray(img, dtype=np.uint8)
+    return out
+
+
+def _centre_box(size: tuple[int, int], height: int, width: int, pre: ImagePreprocessing) -> tuple[int, ...]:
+    """What it does: photo (w, h) -> the centre box a device crops after resizing the shorter side to
+    `resize_shorter` (in the photo's own pixels)."""
+    w, h = size
+    shorter = pre.resize_shorter or min(height, width)
+    scale = min(w, h) / shorter
+    cw, ch = round(width * scale), round(height * scale)
+    x0, y0 = (w - cw) // 2, (h - ch) // 2
+    return x0, y0, x0 + cw, y0 + ch
 
 
 def preprocess(spec: TensorSpec, raw: np.ndarray, root: Path) -> np.ndarray:
@@ -116,8 +191,17 @@ def preprocess(spec: TensorSpec, raw: np.ndarray, root: Path) -> np.ndarray:
         if spec.layout == "NCHW":
             x = x.transpose(0, 3, 1, 2)
         out = np.ascontiguousarray(x)
+    elif isinstance(pre, TokenizerPreprocessing) and pre.algorithm == "wordpiece":
+        from .wordpiece import WordPieceTokenizer
+
+        vocab = root / pre.vocab_file
+        if not vocab.is_file():
+            raise ConfigError(f"vocabulary file {vocab} is missing")
+        ids, mask = WordPieceTokenizer.from_file(vocab).encode([str(t) for t in raw], pre.max_length)
+        out = mask if pre.output == "mask" else ids
     elif isinstance(pre, TokenizerPreprocessing):
-        out = tokenize(list(raw), load_vocab(root / pre.vocab_file), pre)
+        ids = tokenize(list(raw), load_vocab(root / pre.vocab_file), pre)
+        out = (ids != pre.pad_id).astype(np.int64) if pre.output == "mask" else ids
     elif isinstance(pre, AudioPreprocessing):
         x = raw.astype(np.float32) * np.float32(pre.scale)
         n = pre.num_samples

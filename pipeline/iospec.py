@@ -23,6 +23,9 @@ class ImagePreprocessing(_Strict):
     scale: float = Field(1.0 / 255.0, description="raw pixel values are multiplied by this first")
     mean: tuple[float, ...] = Field(description="per-channel mean subtracted after scaling")
     std: tuple[float, ...] = Field(description="per-channel std divided after subtracting the mean")
+    resize_shorter: int | None = Field(None, ge=1, description="a device first resizes the frame so its shorter side "
+                                       "has this many pixels (bicubic), then centre-crops to the input size; "
+                                       "None: the frame already has the input size")
 
 
 class TokenizerPreprocessing(_Strict):
@@ -32,6 +35,11 @@ class TokenizerPreprocessing(_Strict):
     max_length: int = Field(description="token sequences are padded/truncated to this length")
     pad_id: int = Field(0, description="id used for padding")
     unk_id: int = Field(1, description="id used for out-of-vocabulary words")
+    algorithm: Literal["words", "wordpiece"] = Field(
+        "words", description="'words': lower-cased word/punctuation split looked up whole; 'wordpiece': BERT uncased "
+        "WordPiece with [CLS] ... [SEP] (pipeline/wordpiece.py)")
+    output: Literal["ids", "mask"] = Field("ids", description="token ids, or the attention mask (1 = real token) of "
+                                           "the same tokenization")
 
 
 class AudioPreprocessing(_Strict):

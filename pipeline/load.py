@@ -128,17 +128,36 @@ class ReferenceOutputs(Stage):
         if split.labels is not None:
             np.save(ctx.workdir / "labels.npy", split.labels)
             first = np.concatenate(outputs[ctx.iospec.output_names[0]])
-            meta["accuracy"] = float((first.argmax(-1) == split.labels).mean())
+            known = split.labels >= 0  # -1: unlabelled sample
+            if known.any():
+                meta["accuracy"] = float((first.argmax(-1)[known] == split.labels[known]).mean())
         (ctx.workdir / "reference.json").write_text(json.dumps(meta, sort_keys=True))
         return ctx.artifact("reference", meta=meta)
 
 
-def _component_outputs(components, split, progress, what: str) -> dict[str, dict[str, np.ndarray]]:
-    """What it does: torch module + components + a split -> every component's inputs and outputs per sample
-    (stacked), by running the fp32 torch components in chain order: {component: {"in.<x>"/"out.<y>": array}}."""
+def _side_outputs(comp, split, progress, what: str) -> dict[str, np.ndarray]:
+    """What it does: a side component + its own split -> its stacked inputs and outputs {"in.<x>"/"out.<y>"}."""
+    collected: dict[str, list[np.ndarray]] = {}
+    with progress.task(f"torch fp32 {what}", len(split)) as task:
+        for i in range(len(split)):
+            sample = split.sample(i)
+            for k in comp.iospec.input_names:
+                collected.setdefault(f"in.{k}", []).append(sample[k])
+            for k, v in run_torch(comp.module, comp.iospec, sample).items():
+                collected.setdefault(f"out.{k}", []).append(v)
+            task.advance()
+    return {k: np.concatenate(v) for k, v in collected.items()}
+
+
+def _component_outputs(components, dataset, split_name: str, progress) -> dict[str, dict[str, np.ndarray]]:
+    """What it does: components + the dataset -> every component's inputs and outputs per sample (stacked), by
+    running the fp32 torch components in chain order on the split (side components on their own data):
+    {component: {"in.<x>"/"out.<y>": array}}."""
     from .models.components import chain_of, run_chain
 
     order, feeds = chain_of(components)
+    split = dataset.split(split_name)
+    what = split_name
     collected: dict[str, dict[str, list[np.ndarray]]] = {n: {} for n in order}
 
     def run_fn(name, inputs):
@@ -154,7 +173,12 @@ def _component_outputs(components, split, progress, what: str) -> dict[str, dict
         for i in range(len(split)):
             run_chain(order, feeds, run_fn, split.sample(i))
             task.advance()
-    return {n: {k: np.concatenate(v) for k, v in d.items()} for n, d in collected.items()}
+    out = {n: {k: np.concatenate(v) for k, v in d.items()} for n, d in collected.items()}
+    for name, comp in components.items():
+        if comp.side:
+            side = dataset.sub(comp.dataset, comp.iospec).split(split_name)
+            out[name] = _side_outputs(comp, side, progress, f"{name} on {comp.dataset}/{split_name}")
+    return {n: out[n] for n in components}
 
 
 class ComponentReference(Stage):
@@ -168,8 +192,14 @@ class ComponentReference(Stage):
     extra = "torch"
 
     def config(self, ctx: StageContext) -> dict:
-        return {"eval": ctx.dataset.split_fingerprint("eval"),
-                "calibration": ctx.dataset.split_fingerprint("calibration")}
+        """The fused splits, plus each side component's own splits (its data and IOSpec)."""
+        cfg = {"eval": ctx.dataset.split_fingerprint("eval"),
+               "calibration": ctx.dataset.split_fingerprint("calibration")}
+        for name, spec in (ctx.side_iospecs or {}).items():
+            sub_dir, iospec = spec
+            sub = ctx.dataset.sub(sub_dir, iospec)
+            cfg[f"side.{name}"] = {s: sub.split_fingerprint(s) for s in ("eval", "calibration")}
+        return cfg
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         """What it does: torch artifact -> eval.<component>.{in,out}.<tensor>.npy and calibration.<component>.
@@ -182,7 +212,7 @@ class ComponentReference(Stage):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # fixed thread count, like the fused reference
         try:
-            per_split = {s: _component_outputs(components, ctx.dataset.split(s), ctx.progress, s)
+            per_split = {s: _component_outputs(components, ctx.dataset, s, ctx.progress)
                          for s in ("eval", "calibration")}
         finally:
             torch.set_num_threads(threads)
@@ -194,6 +224,8 @@ class ComponentReference(Stage):
                 if key.startswith("in."):
                     np.save(ctx.workdir / f"calibration.{name}.{key[3:]}.npy", value)
         meta = {"components": list(components), "samples": len(ctx.dataset.split("eval")),
+                "chain": [n for n, c in components.items() if not c.side],
+                "side": {n: c.dataset for n, c in components.items() if c.side},
                 "feeds_from": {n: dict(c.feeds_from) for n, c in components.items()},
                 "iospecs": {n: c.iospec.model_dump(mode="json") for n, c in components.items()},
                 "calibration_inputs": "fp32 torch components run on the calibration split"}

@@ -151,7 +151,9 @@ class Runner:
         ctx = StageContext(release=state.plan.release, base_dir=state.plan.base_dir, iospec=iospec,
                            dataset=state.dataset, progress=self.progress, target=profile, calibration=calibration,
                            deps=dict(deps or {}), stage=stage, component=component,
-                           example=None if component == "model" else self.component_example(state, component))
+                           example=None if component == "model" else self.component_example(state, component),
+                           side_iospecs={n: (c.dataset, c.iospec) for n, c in (getattr(state, "components", None) or {}).items()
+                                         if c.side})
         inputs = ([artifact.sha256] if artifact else []) + [a.sha256 for _, a in sorted(ctx.deps.items())]
         key = cache_key(name, stage.version, stage.config(ctx), inputs,
                         calibration.fingerprint() if calibration is not None else None, stage.tool_versions())
@@ -231,7 +233,8 @@ class Runner:
         comp = state.components[name]
         ref = state.component_reference
         inputs = {s.name: np.load(ref.path(f"calibration.{name}.{s.name}.npy")) for s in comp.iospec.inputs}
-        source = f"{state.plan.dataset_dir.name}/calibration.npz via torch components ({name}, target {tp.name})"
+        data = f"{comp.dataset}/calibration.npz" if comp.side else "calibration.npz via torch components"
+        source = f"{state.plan.dataset_dir.name}/{data} ({name}, target {tp.name})"
         calib = CalibrationSet(inputs, comp.iospec, source).subset(c.samples, c.seed)
         calib.check(c.min_samples)
         return calib

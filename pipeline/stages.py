@@ -77,6 +77,7 @@ class StageContext:
     parents: tuple[str, ...] = ()
     component: str = "model"  # which part of the model a stage works on ("model" = the fused graph)
     example: dict | None = None  # a component's inputs for eval sample 0 (fp32 torch chain); None: the model's
+    side_iospecs: dict | None = None  # side component name -> (data sub-directory, IOSpec)
 
     def example_inputs(self) -> dict:
         """What it does: ctx -> one batch-1 input dict for this graph (tracing, converter self-checks): eval

@@ -46,15 +46,42 @@ def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], la
         cos = cosine_rows(got, ref)
         per_output[name] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                             "max_abs_err": float(np.abs(got.astype(np.float64) - ref).max())}
+        if ref.ndim == 2 and ref.shape[1] >= 2:
+            per_output[name].update(ranking_metrics(got.astype(np.float64), ref.astype(np.float64)))
     got, ref = outputs[main_output], reference[main_output]
     result = {"samples": int(len(ref)), "outputs": per_output,
               "agreement": float((got.argmax(-1) == ref.argmax(-1)).mean())}
     if labels is not None:
-        acc = float((got.argmax(-1) == labels).mean())
-        result["accuracy"] = acc
-        result["reference_accuracy"] = ref_accuracy
-        result["accuracy_drop_pt"] = round((ref_accuracy - acc) * 100.0, 6)
+        known = labels >= 0  # -1 marks an unlabelled sample (e.g. a photo matching no prompt)
+        if known.any():
+            acc = float((got.argmax(-1)[known] == labels[known]).mean())
+            result["accuracy"] = acc
+            result["labelled_samples"] = int(known.sum())
+            result["reference_accuracy"] = ref_accuracy
+            result["accuracy_drop_pt"] = round((ref_accuracy - acc) * 100.0, 6)
     return result
+
+
+def ranking_metrics(got: np.ndarray, ref: np.ndarray, confident: float = 0.5) -> dict:
+    """What it does: scores/logits [N, C] of an artifact and of fp32 -> top-1 agreement; top-5 overlap (mean share
+    of fp32's top 5 in the artifact's top 5, C >= 5); top-1 agreement on the samples fp32 is confident about
+    (softmax max > `confident`) and their count; pairwise ranking agreement (share of class pairs ordered the
+    same, C <= 64: e.g. a prompt ranking)."""
+    out = {"top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}
+    c = ref.shape[1]
+    if c >= 5:
+        top_got, top_ref = np.argsort(-got, 1)[:, :5], np.argsort(-ref, 1)[:, :5]
+        out["top5_overlap"] = float(np.mean([len(set(a) & set(b)) / 5.0 for a, b in zip(top_got, top_ref)]))
+    e = np.exp(ref - ref.max(1, keepdims=True))
+    sure = (e / e.sum(1, keepdims=True)).max(1) > confident
+    out["confident_samples"] = int(sure.sum())
+    if sure.any():
+        out["confident_agreement"] = float((got.argmax(1)[sure] == ref.argmax(1)[sure]).mean())
+    if c <= 64:
+        i, j = np.triu_indices(c, 1)
+        same = np.sign(got[:, i] - got[:, j]) == np.sign(ref[:, i] - ref[:, j])
+        out["pairwise_rank_agreement"] = float(same.mean())
+    return out
 
 
 class Verify(Stage):
@@ -120,6 +147,12 @@ def gate_failures(result: dict, gates) -> list[str]:
         for name, m in result["outputs"].items():
             if m["cosine_mean"] < gates.min_cosine:
                 reasons.append(f"output '{name}' cosine {m['cosine_mean']:.4f} < {gates.min_cosine}")
+        # side components (not on the end-to-end chain, e.g. a text encoder) answer to the cosine gate on their own
+        for comp in result.get("side_components", []):
+            for name, m in result["components"][comp]["outputs"].items():
+                if m["cosine_mean"] < gates.min_cosine:
+                    reasons.append(f"component '{comp}' output '{name}' cosine {m['cosine_mean']:.4f} "
+                                   f"< {gates.min_cosine}")
     return reasons
 
 
@@ -188,6 +221,7 @@ class VerifyComponents(Stage):
                          [{o: outs[o][i : i + 1] for o in outs} for i in range(k)])
         result = self._end_to_end(ctx, arts, opened, split)
         result["components"] = per_component
+        result["side_components"] = sorted(cref.meta.get("side", {}))
         first = next(iter(opened.values()))[0]
         result["runtime"] = {"name": first.runtime_name, "version": first.runtime_version}
         g = ctx.target.gates
@@ -213,8 +247,9 @@ class VerifyComponents(Stage):
         from .models.components import run_chain
 
         ref_art = ctx.deps["reference"]
-        wiring = ctx.deps["component_reference"].meta["feeds_from"]
-        order = list(arts)
+        cref_meta = ctx.deps["component_reference"].meta
+        wiring = cref_meta["feeds_from"]
+        order = [n for n in cref_meta.get("chain", list(arts))]
         collected: dict[str, list[np.ndarray]] = {n: [] for n in ctx.iospec.output_names}
         with ctx.progress.task(f"verify {ctx.target.name} components end to end", len(split)) as task:
             for i in range(len(split)):

@@ -32,11 +32,20 @@ class Component:
                 the IOSpec inputs positionally and returns one tensor per IOSpec output, like a whole model.
     iospec:     its named inputs and outputs.
     feeds_from: component input name -> "input:<model input>" or "output:<component>.<output>".
+    dataset:    for a side component only: its data sub-directory (see `side`); feeds_from is then empty.
     """
 
     module: Any
     iospec: IOSpec
     feeds_from: dict[str, str]
+    dataset: str | None = None
+
+    @property
+    def side(self) -> bool:
+        """A side component (e.g. a text encoder run when prompts change) is not on the chain from the model's
+        inputs to its outputs: it has its own data (`dataset`: a sub-directory of the model's dataset holding
+        calibration.npz and eval.npz for its IOSpec inputs) and no feeds."""
+        return self.dataset is not None
 
 
 def embedding_spec(name: str, dim: int) -> TensorSpec:
@@ -57,8 +66,10 @@ def parse_feed(ref: str) -> tuple[str, str | None, str]:
 
 
 def chain_of(components: Mapping[str, Component]) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """Components -> (run order, feeds_from per component): the two framework-free arguments of run_chain."""
-    return list(components), {name: dict(c.feeds_from) for name, c in components.items()}
+    """Components -> (run order, feeds_from per component) of the chained (non-side) components: the two
+    framework-free arguments of run_chain."""
+    chained = {name: c for name, c in components.items() if not c.side}
+    return list(chained), {name: dict(c.feeds_from) for name, c in chained.items()}
 
 
 def check_components(components: Mapping[str, Component], model_iospec: IOSpec) -> None:
@@ -66,7 +77,14 @@ def check_components(components: Mapping[str, Component], model_iospec: IOSpec) 
     declared output, with the same shape and dtype on both ends."""
     model_inputs = {s.name: s for s in model_iospec.inputs}
     seen: dict[str, dict[str, TensorSpec]] = {}
+    if all(c.side for c in components.values()):
+        raise ModelFactoryError("every component is a side component; at least one must be on the model's chain")
     for name, comp in components.items():
+        if comp.side:
+            if comp.feeds_from or not comp.dataset or "/" in comp.dataset.strip("/") or ".." in comp.dataset:
+                raise ModelFactoryError(f"side component '{name}' needs empty feeds_from and a dataset "
+                                        f"sub-directory name, got {comp.feeds_from} / '{comp.dataset}'")
+            continue
         wanted = {s.name: s for s in comp.iospec.inputs}
         if set(comp.feeds_from) != set(wanted):
             raise ModelFactoryError(f"component '{name}': feeds_from covers {sorted(comp.feeds_from)}, "
