@@ -75,7 +75,8 @@ def components_manifest(ctx: dict, files: dict[str, dict]) -> dict:
         spec = IOSpec.model_validate(wiring["iospecs"][name])
         out[name] = {"model_files": sorted(f for f in files if f.startswith(f"{name}/") and f.endswith(MODEL_SUFFIXES)),
                      "main_file": f"{name}/{model.meta['main_file']}",
-                     "iospec": _iospec_for_artifact(spec, model.meta), "feeds_from": wiring["feeds_from"][name],
+                     "iospec": _iospec_for_artifact(spec, model.meta), "feeds_from": wiring["feeds_from"].get(name, {}),
+                     "side": name not in wiring["order"],
                      "sha256": model.sha256, "ops": model.meta.get("ops", {}), "lineage": _lineage(c["lineage"]),
                      "kept_float_nodes": model.meta.get("kept_float_nodes", []), "golden": f"golden/{name}",
                      "latency": c["profile"].meta if c.get("profile") is not None else None}
@@ -169,7 +170,7 @@ def _copy_tree(src: Path, dst: Path, skip=("artifact.json",)) -> None:
 
 def stage_bundle(staging: Path, ctx: dict) -> dict:
     """Fill `staging` with the bundle of one target; returns its manifest."""
-    from .iospec import TokenizerPreprocessing
+    from .iospec import IOSpec, TokenizerPreprocessing
     from .report import bundle_readme
 
     result = ctx["result"]
@@ -180,11 +181,17 @@ def stage_bundle(staging: Path, ctx: dict) -> dict:
         _copy_tree(result.model.root, staging)
     _copy_tree(result.verification.path("golden"), staging / "golden")
     assets = staging / "assets"
-    for spec in ctx["iospec"].inputs:
+    specs = list(ctx["iospec"].inputs)
+    if getattr(result, "components", None) and ctx.get("components"):
+        specs += [s for n in result.components for s in IOSpec.model_validate(ctx["components"]["iospecs"][n]).inputs]
+    for spec in specs:
         if isinstance(spec.preprocessing, TokenizerPreprocessing):
             assets.mkdir(exist_ok=True)
             shutil.copyfile(ctx["dataset_dir"] / spec.preprocessing.vocab_file,
                             assets / Path(spec.preprocessing.vocab_file).name)
+    torch_model = ctx.get("torch_model")
+    if torch_model is not None and (torch_model.root / "assets").is_dir():  # the factory's assets (prompts, ...)
+        _copy_tree(torch_model.root / "assets", assets)
     if ctx["iospec"].labels:
         assets.mkdir(exist_ok=True)
         (assets / "labels.txt").write_text("\n".join(ctx["iospec"].labels) + "\n", encoding="utf-8")

@@ -67,8 +67,17 @@ class LoadModel(Stage):
     extra = "torch"
 
     def config(self, ctx: StageContext) -> dict:
-        return {"factory": ctx.release.model.factory, "params": ctx.release.model.params,
-                "seed": ctx.release.seed, "train": ctx.dataset.split_fingerprint("train")}
+        """Factory, params, seed, the train split (when the dataset has one) and what the factory says changes its
+        model besides params (`fingerprint(params)`, optional: e.g. pretrained-weight package versions)."""
+        from .data import split_path
+
+        factory = import_factory(ctx.release.model.factory)
+        has_train = split_path(ctx.dataset.root, "train").is_file()
+        cfg = {"factory": ctx.release.model.factory, "params": ctx.release.model.params, "seed": ctx.release.seed,
+               "train": ctx.dataset.split_fingerprint("train") if has_train else None}
+        if callable(getattr(factory, "fingerprint", None)):
+            cfg["factory_fingerprint"] = factory.fingerprint(ctx.release.model.params)
+        return cfg
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         import torch
@@ -87,6 +96,10 @@ class LoadModel(Stage):
                 f"model.factory '{ctx.release.model.factory}' failed to create the model: {type(err).__name__}: {err}"
             ) from err
         torch.save(module.state_dict(), ctx.workdir / "model.pt")
+        if callable(getattr(factory, "assets", None)):  # files a device needs besides the models -> bundle assets/
+            (ctx.workdir / "assets").mkdir()
+            for name, data in sorted(factory.assets(params, module).items()):
+                (ctx.workdir / "assets" / name).write_bytes(data)
         (ctx.workdir / "iospec.json").write_text(ctx.iospec.model_dump_json(indent=1))
         n_params = sum(p.numel() for p in module.parameters())
         return ctx.artifact("torch", meta={"parameters": int(n_params)}, main_file="model.pt")

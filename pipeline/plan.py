@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ReleaseConfig, TargetProfile, load_profile, resolve_dataset
-from .data import SPLITS, split_path
+from .data import split_path
 from .errors import ConfigError, MissingDependencyError, ModelFactoryError
 from .stages import missing_imports, stage_class_info
 
@@ -75,7 +75,7 @@ def _split_count(path: Path) -> int:
 def _check_dataset(cfg: ReleaseConfig, dataset_dir: Path, profiles: list[TargetProfile]) -> None:
     if not dataset_dir.is_dir():
         raise ConfigError(f"model.dataset: directory {dataset_dir} does not exist; create it or fix the path")
-    for split in SPLITS:
+    for split in ("calibration", "eval"):  # train.npz only for factories that train (they check it themselves)
         if not split_path(dataset_dir, split).is_file():
             raise ConfigError(f"model.dataset: {split_path(dataset_dir, split)} is missing")
     try:

@@ -50,7 +50,7 @@ def publish_release(state: BuildState, dist: Path) -> dict:
             ctx = {"release": release, "profile": profile, "result": result, "iospec": state.iospec,
                    "dataset_dir": state.plan.dataset_dir, "git_commit": commit,
                    "config_hash": config_hash(release, profile), "edgepipe_version": __version__, "name": name,
-                   "components": state.component_wiring}
+                   "components": state.component_wiring, "torch_model": state.torch_model}
             staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=release_dir))
             try:
                 stage_bundle(staging, ctx)

@@ -212,9 +212,9 @@ class VerifyComponents(Stage):
         opened = {n: _open_component(a, n, specs[n][1], threads) for n, a in arts.items()}
         split = ctx.dataset.split("eval")
         per_component, golden = {}, {}
-        k = min(ctx.release.golden_count, len(split))
         for n, art in arts.items():
-            outs, feeds = self._component_outputs(opened[n], art, cref, n, specs[n], len(split))
+            outs, feeds = self._component_outputs(opened[n], art, cref, n, specs[n])
+            k = min(ctx.release.golden_count, len(feeds))
             reference = {o: np.load(cref.path(f"eval.{n}.out.{o}.npy")) for o in specs[n][1]}
             per_component[n] = compare(outs, reference, None, None, specs[n][1][0])
             golden[n] = ([adapt_sample(feeds[i], art) for i in range(k)],
@@ -232,10 +232,12 @@ class VerifyComponents(Stage):
                             meta=result)
 
     @staticmethod
-    def _component_outputs(opened, art, cref, name, spec, count):
-        """What it does: one component, fed the fp32 torch inputs on eval -> (stacked outputs, per-sample feeds)."""
+    def _component_outputs(opened, art, cref, name, spec):
+        """What it does: one component, fed the fp32 torch inputs on eval (a side component: its own eval data)
+        -> (stacked outputs, per-sample feeds)."""
         session, names = opened
         inputs = {i: np.load(cref.path(f"eval.{name}.in.{i}.npy")) for i in spec[0]}
+        count = len(next(iter(inputs.values())))
         feeds = [{i: v[j : j + 1] for i, v in inputs.items()} for j in range(count)]
         collected = [_run_component(session, names, art, f, f"component '{name}' eval sample {j}")
                      for j, f in enumerate(feeds)]
@@ -254,9 +256,11 @@ class VerifyComponents(Stage):
         with ctx.progress.task(f"verify {ctx.target.name} components end to end", len(split)) as task:
             for i in range(len(split)):
                 run_fn = lambda n, feeds: _run_component(*opened[n], arts[n], feeds, f"component '{n}' sample {i}")
-                last = run_chain(order, wiring, run_fn, split.sample(i))[order[-1]]
+                produced: dict[str, np.ndarray] = {}
+                for outs in run_chain(order, wiring, run_fn, split.sample(i)).values():
+                    produced.update(outs)  # a model output may come from any chained component (logits, scores)
                 for name in collected:
-                    collected[name].append(last[name])
+                    collected[name].append(produced[name])
                 task.advance()
         outputs = {k: np.concatenate(v) for k, v in collected.items()}
         reference = {n: np.load(ref_art.path(f"eval.{n}.npy")) for n in ctx.iospec.output_names}

@@ -5,6 +5,7 @@ onnx, onnxruntime and onnxslim are imported inside the stages only.
 from __future__ import annotations
 
 import logging
+import warnings
 
 from ..artifact import Artifact
 from ..errors import StageError
@@ -54,9 +55,14 @@ class ExportOnnx(Stage):
         module, example = self._module_and_example(artifact, ctx)
         path = ctx.workdir / "model.onnx"
         try:
-            torch.onnx.export(module, example, str(path), dynamo=False, opset_version=settings.opset,
-                              input_names=ctx.iospec.input_names, output_names=ctx.iospec.output_names,
-                              do_constant_folding=True)
+            with warnings.catch_warnings():
+                # "Only steps=1 can be constant folded" (TF-SAME pads) and the legacy-exporter notice: onnxslim
+                # folds what torch leaves; nothing a user can act on.
+                warnings.filterwarnings("ignore", message=".*[Cc]onstant folding.*")
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                torch.onnx.export(module, example, str(path), dynamo=False, opset_version=settings.opset,
+                                  input_names=ctx.iospec.input_names, output_names=ctx.iospec.output_names,
+                                  do_constant_folding=True)
         except Exception as err:
             raise StageError(f"torch.onnx.export failed: {type(err).__name__}: {str(err).splitlines()[0]}") from err
         model = onnx.load(str(path))
