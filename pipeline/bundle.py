@@ -79,6 +79,7 @@ def components_manifest(ctx: dict, files: dict[str, dict]) -> dict:
                      "side": name not in wiring["order"],
                      "sha256": model.sha256, "ops": model.meta.get("ops", {}), "lineage": _lineage(c["lineage"]),
                      "kept_float_nodes": model.meta.get("kept_float_nodes", []), "golden": f"golden/{name}",
+                     "quantization": c.get("quantization"),
                      "latency": c["profile"].meta if c.get("profile") is not None else None}
     return {"order": wiring["order"], "parts": out,
             "calibration_inputs": "encoders: the calibration samples; later components: the fp32 torch "

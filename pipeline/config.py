@@ -162,6 +162,15 @@ class ReleaseConfig(_Strict):
     profile: bool = Field(True, description="measure latency on each target (timings make bundles differ run to run)")
     golden_count: int = Field(4, ge=1, le=64, description="golden input/output vectors per bundle")
     seed: int = Field(0, description="seed for training and sampling")
+    gates: dict[str, Any] = Field(
+        default_factory=dict, description="verification gates of this model, over every target profile's gates "
+        "(same keys as a profile's gates; e.g. a real model's logits cosine differs from a tiny model's)")
+
+    @field_validator("gates")
+    @classmethod
+    def _gates(cls, v: dict) -> dict:
+        GatesConfig.model_validate(v)  # same keys and ranges as a profile's gates
+        return v
 
     @field_validator("release")
     @classmethod

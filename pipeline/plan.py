@@ -120,6 +120,9 @@ def make_plan(cfg: ReleaseConfig, base_dir: Path) -> Plan:
     profiles = []
     for ref in cfg.targets:
         profile = load_profile(ref, base_dir)
+        if cfg.gates:  # the release's gates for its model, over the profile's
+            profile = profile.model_copy(update={"gates": type(profile.gates).model_validate(
+                {**profile.gates.model_dump(include=profile.gates.model_fields_set), **cfg.gates})})
         if profile.name in seen:
             raise ConfigError(f"targets: '{profile.name}' is listed twice")
         seen.add(profile.name)

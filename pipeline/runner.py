@@ -100,6 +100,29 @@ def _crash_point(stage: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def component_profile(profile, comp, name: str):
+    """What it does: a target profile + a component's own quantization needs for this format -> the profile its
+    stages run with (the same object when the component has none). keep_float entries are added, other keys
+    replace the profile's; a bad key or value is a ModelFactoryError."""
+    from pydantic import ValidationError
+
+    hints = dict((comp.quantization or {}).get(profile.format) or {})
+    if not hints:
+        return profile
+    q = profile.quantization
+    merged = q.model_dump(include=q.model_fields_set)  # keep "explicitly set" meaning (NNCF refuses unused keys)
+    keep = list(q.keep_float) + [k for k in hints.pop("keep_float", []) if k not in q.keep_float]
+    merged.update(hints)
+    if keep:
+        merged["keep_float"] = keep
+    try:
+        quantization = type(profile.quantization).model_validate(merged)
+    except ValidationError as err:
+        raise ModelFactoryError(f"component '{name}' quantization for {profile.format}: "
+                                f"{err.errors()[0]['msg']}") from err
+    return profile.model_copy(update={"quantization": quantization})
+
+
 class Runner:
     """Runs stages through the cache; `force` names stages whose cache is bypassed (e.g. profile)."""
 
@@ -244,15 +267,18 @@ class Runner:
         per-component profiles; a failure fails only this target."""
         tp = result.plan
         with _target_failures(result):
-            for cname in state.components:
+            for cname, comp in state.components.items():
                 art = state.torch_model
                 lineage = [art]
+                profile = component_profile(tp.profile, comp, cname)
                 for name in tp.chain:
                     calib = self.component_calibration(state, tp, cname) if get_stage(name).needs_calibration else None
-                    art = self.run_stage(state, name, art, f"{tp.name}/{cname}", tp.profile, calib, component=cname)
+                    art = self.run_stage(state, name, art, f"{tp.name}/{cname}", profile, calib, component=cname)
                     lineage.append(art)
                 self._check_ops(art, tp)
                 result.components[cname] = {"model": art, "lineage": lineage}
+                if profile is not tp.profile and tp.profile.precision == "int8":
+                    result.components[cname]["quantization"] = profile.quantization.model_dump(mode="json")
             deps = {"reference": state.reference, "component_reference": state.component_reference}
             deps.update({f"component.{n}": c["model"] for n, c in result.components.items()})
             result.verification = self.run_stage(state, "verify_components", None, tp.name, tp.profile, deps=deps)

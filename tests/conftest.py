@@ -32,7 +32,7 @@ def write_release(path: Path, **overrides) -> Path:
     """A release YAML based on the default one, with top-level overrides."""
     import yaml
 
-    base = yaml.safe_load((REPO / "pipeline" / "defaults" / "release.yaml").read_text())
+    base = yaml.safe_load((REPO / "examples" / "tiny-mm.yaml").read_text())
     base["model"]["dataset"] = str(REPO / "calibration_data" / "tiny_mm")
     base.update(overrides)
     path.write_text(yaml.safe_dump(base))
@@ -41,7 +41,7 @@ def write_release(path: Path, **overrides) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory):
-    """(runner, state) for the default release: tiny model trained, fp32 reference computed, cache in tmp.
+    """(runner, state) for the tiny example release: tiny model trained, fp32 reference computed, cache in tmp.
 
     Stage tests run their stages with `runner.run_stage(state, name, artifact, target_name, profile, calib)`.
     """
@@ -51,7 +51,7 @@ def tiny_build(tmp_path_factory):
     from pipeline.progress import Progress
     from pipeline.runner import Runner
 
-    cfg, base = load_release(None)
+    cfg, base = load_release(REPO / "examples" / "tiny-mm.yaml")
     plan = make_plan(cfg, base)
     runner = Runner(Cache(tmp_path_factory.mktemp("stage-cache")), Progress(enabled=False), log=lambda m: None)
     state = runner.prepare(plan)

@@ -93,7 +93,7 @@ def test_denied_op_fails_only_that_target(cli, tmp_path):
     proc = cli("build", "r.yaml", "--no-progress")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "ops the target does not allow: Conv" in proc.stdout
-    release = tmp_path / "dist" / "tiny-mm-default"
+    release = tmp_path / "dist" / "tiny-mm"
     assert (release / "host-onnx-fp32.tar.gz").is_file() and not (release / "strict.tar.gz").exists()
     import json
 

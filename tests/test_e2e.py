@@ -1,4 +1,5 @@
-"""End-to-end builds of the default release through the real CLI: bundles, cache, determinism, resume."""
+"""End-to-end builds of the tiny example release (examples/tiny-mm.yaml) through the real CLI: bundles, cache,
+determinism, resume. The real default release has its own test (test_default_release.py)."""
 from __future__ import annotations
 
 import json
@@ -6,10 +7,11 @@ import shutil
 
 import pytest
 
-from .conftest import run_cli, write_release
+from .conftest import REPO, run_cli, write_release
 
 pytestmark = pytest.mark.slow
-RELEASE = "tiny-mm-default"
+RELEASE = "tiny-mm"
+TINY = REPO / "examples" / "tiny-mm.yaml"
 TARGETS = ("host-onnx-fp32", "host-onnx-int8", "host-openvino-fp32", "host-openvino-int8", "host-tflite-fp32",
            "host-tflite-int8")
 
@@ -17,7 +19,7 @@ TARGETS = ("host-onnx-fp32", "host-onnx-int8", "host-openvino-fp32", "host-openv
 @pytest.fixture(scope="module")
 def default_build(tmp_path_factory):
     work = tmp_path_factory.mktemp("default")
-    proc = run_cli(["build", "--no-progress"], work)
+    proc = run_cli(["build", str(TINY), "--no-progress"], work)
     return work, proc
 
 
@@ -79,7 +81,7 @@ def test_warm_rebuild_hits_cache_and_is_byte_identical(default_build):
     work, _ = default_build
     release = work / "dist" / RELEASE
     before = {t: (release / f"{t}.tar.gz").read_bytes() for t in TARGETS}
-    proc = run_cli(["build", "--no-progress"], work)
+    proc = run_cli(["build", str(TINY), "--no-progress"], work)
     assert proc.returncode == 0, proc.stderr
     import re
 

@@ -8,7 +8,7 @@ import pytest
 
 from .conftest import run_cli, write_release
 
-RELEASE = "tiny-mm-default"
+RELEASE = "tiny-mm"
 COMPONENTS = ("image_encoder", "text_encoder", "audio_encoder", "fusion_head")
 
 

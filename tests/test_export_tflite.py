@@ -232,7 +232,7 @@ def test_int8_pseudo_erf_fails_at_run_time_unless_kept_float(gelu):
     """The pseudo-Erf computes sign(x) as x / (|x| + eps); int8 DIV refuses a divisor at its zero point."""
     release = gelu.state.plan.release
     gelu.state.plan = SimpleNamespace(base_dir=gelu.base, release=release.model_copy(
-        update={"model": release.model.model_copy(update={"keep_float": []})}))
+        update={"model": release.model.model_copy(update={"keep_float": [], "keep_float_by_format": {}})}))
     int8 = load_profile(INT8, gelu.base)
     bare = _with_quantization(int8, "gelu-int8", keep_float=[])
     with pytest.raises(StageError, match="LiteRT interpreter: .*DIV"):

@@ -36,7 +36,8 @@ def test_chains_fit_kinds():
 def test_default_plan():
     cfg, base = load_release(None)
     plan = make_plan(cfg, base)
-    assert [t.name for t in plan.targets][:2] == ["host-onnx-fp32", "host-onnx-int8"]
+    assert [t.name for t in plan.targets][:3] == ["host-onnx-fp32", "host-onnx-fp32-components", "host-onnx-int8"]
+    assert len(plan.targets) == 12 and cfg.model.export == "both"  # six host profiles, fused + components
     chains = {t.name: t.chain for t in plan.targets}
     assert chains["host-onnx-int8"] == ("export_onnx", "quantize_onnx")
     assert chains["host-openvino-int8"] == ("export_onnx", "convert_openvino", "quantize_openvino")

@@ -196,7 +196,7 @@ def test_conse_head_and_onnx_export(tmp_path):
     ref = p[0, top] @ table[top]
     np.testing.assert_allclose(got[0], ref / np.linalg.norm(ref), atol=1e-5)
     out, ops = _export_and_run(head, (logits,), ["logits"], tmp_path / "conse.onnx")
-    assert "TopK" in ops and "ScatterElements" not in ops
+    assert "TopK" not in ops and "ScatterElements" not in ops and "ReduceMax" in ops  # onnx2tf cannot convert TopK
     assert _cos(out, got) > 0.99999 and np.abs(out - got).max() < 1e-5
     with pytest.raises(ValueError):
         ConSE(table, top_t=0)

@@ -33,12 +33,17 @@ class Component:
     iospec:     its named inputs and outputs.
     feeds_from: component input name -> "input:<model input>" or "output:<component>.<output>".
     dataset:    for a side component only: its data sub-directory (see `side`); feeds_from is then empty.
+    quantization: per format ("onnx" | "openvino" | "tflite") settings the model needs for this part whatever the
+                target (e.g. a transformer text encoder: NNCF model_type transformer; FFN down-projections float),
+                applied over the target profile's `quantization` (keep_float entries are added) and written to
+                the manifest.
     """
 
     module: Any
     iospec: IOSpec
     feeds_from: dict[str, str]
     dataset: str | None = None
+    quantization: Mapping[str, Mapping[str, Any]] | None = None
 
     @property
     def side(self) -> bool:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 DEFAULT_TOP_T = 10
+ITERATIVE_MAX_T = 32  # see ConSE._threshold
 NORM_EPS = 1e-12
 
 
@@ -33,10 +34,23 @@ class ConSE(nn.Module):
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """Unit-length semantic embedding [N,D] of each row of logits."""
         probs = logits.softmax(dim=-1)
-        threshold = torch.topk(probs, self.top_t, dim=-1).values[..., -1:]
+        threshold = self._threshold(probs)
         weights = probs * (probs >= threshold).to(probs.dtype)
         embedding = torch.matmul(weights, self.label_embeddings)
         return embedding / embedding.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+
+    def _threshold(self, probs: torch.Tensor) -> torch.Tensor:
+        """The T-th largest probability per row [N,1]. For T <= ITERATIVE_MAX_T it is found by T-1 rounds of
+        "drop the current maximum" (ReduceMax / GreaterOrEqual / Where), because onnx2tf 1.28 cannot convert an ONNX
+        TopK under numpy 2 (its K is a 1-element tensor: "only 0-dimensional arrays can be converted to Python
+        scalars"); larger T uses TopK. Same result unless probabilities tie exactly."""
+        if self.top_t > ITERATIVE_MAX_T:
+            return torch.topk(probs, self.top_t, dim=-1).values[..., -1:]
+        rest = probs
+        for _ in range(self.top_t - 1):
+            top = rest.amax(dim=-1, keepdim=True)
+            rest = torch.where(rest >= top, torch.full_like(rest, -1.0), rest)
+        return rest.amax(dim=-1, keepdim=True)
 
 
 def class_text(lemmas: str | Sequence[str], template: str | None = None) -> str:

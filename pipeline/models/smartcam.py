@@ -38,6 +38,20 @@ from .minilm import EMBED_DIM, MiniLMEncoder
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "calibration_data" / "smartcam" / "prompts.txt"
 VOCAB_FILE = "vocab.txt"  # in the dataset directory: the MiniLM package's vocab.txt (checked by sha256 at create)
 TEXT_DATA = "text"  # the text encoder's own sentences: <dataset>/text/{calibration,eval}.npz
+# The six FFN down-projections (input: GELU output with outlier activations) cost most of MiniLM's int8 fidelity
+# in static quantization (research/models.md: ORT cos 0.937 -> 0.989 with them float).
+FFN_OUT = [f"/text_encoder/encoder/layer.{i}/output/dense/" for i in range(6)]
+# What the text encoder needs in int8 whatever the target (applied over the target profile, declared in the manifest):
+# TFLite full int8 of MiniLM collapses (cos 0.37, research/models.md) and aborts on the mask bias and the
+# mean-pool/L2 divisions (int8 DIV by its zero point); like the ORT setting, only the matrix products (FC and
+# BATCH_MATMUL) are int8 there: every element-wise/normalisation op type stays float, declared in the manifest.
+TFLITE_TEXT_FLOAT_OPS = ["Add", "Mul", "Sub", "Div", "Pow", "Tanh", "Softmax", "LayerNormalization", "ReduceSum",
+                         "ReduceL2", "Clip", "Gather"]
+TEXT_QUANTIZATION = {
+    "onnx": {"op_types": ["MatMul", "Gemm", "Gather"], "keep_float": FFN_OUT},
+    "openvino": {"model_type": "transformer"},
+    "tflite": {"keep_float": FFN_OUT + TFLITE_TEXT_FLOAT_OPS},
+}
 
 
 class SmartCamParams(BaseModel):
@@ -186,7 +200,7 @@ class SmartCam:
                                 iospec=IOSpec(inputs=(emb,), outputs=(spec.outputs[0],), labels=spec.labels),
                                 feeds_from={"image_embedding": "output:image_encoder.image_embedding"}),
             "text_encoder": Component(module=_View("text_encoder", module.text_encoder), iospec=self.text_iospec(params),
-                                      feeds_from={}, dataset=TEXT_DATA),
+                                      feeds_from={}, dataset=TEXT_DATA, quantization=TEXT_QUANTIZATION),
         }
 
     def construct(self, params: dict | None = None) -> nn.Module:
