@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-KINDS = ("torch", "onnx", "openvino", "savedmodel", "tflite", "reference", "verification", "profile")
+KINDS = ("torch", "onnx", "openvino", "savedmodel", "tflite", "reference", "verification", "profile", "sensitivity")
 
 
 def sha256_file(path: Path) -> str:

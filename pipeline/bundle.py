@@ -115,7 +115,7 @@ def _components_manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
         "model_files": sorted(f for f in files if f.endswith(MODEL_SUFFIXES)),
         "iospec": ctx["iospec"].model_dump(mode="json"),
         "preprocessing_assets": sorted(f for f in files if f.startswith("assets/")),
-        "quantization": ({"settings": profile.quantization.model_dump(),
+        "quantization": ({"settings": profile.quantization.stage_settings(),
                           "calibration": profile.calibration.model_dump()} if first.precision == "int8" else None),
         "compression": {"applied": []},
         "components": components_manifest(ctx, files),
@@ -150,15 +150,28 @@ def _fused_manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
         "model_files": sorted(f for f in files if f.endswith(MODEL_SUFFIXES)),
         "iospec": _iospec_for_artifact(ctx["iospec"], model.meta),
         "preprocessing_assets": sorted(f for f in files if f.startswith("assets/")),
-        "quantization": ({"kept_float_nodes": model.meta.get("kept_float_nodes", []),
-                          "settings": profile.quantization.model_dump(),
-                          "calibration": profile.calibration.model_dump()} if model.precision == "int8" else None),
+        "quantization": _quantization_manifest(profile, model, result),
         "compression": {"applied": []},
         "model": {"sha256": model.sha256, "ops": model.meta.get("ops", {}), "lineage": lineage},
         "verification": ver,
         "latency": result.profile.meta if result.profile is not None else None,
         "golden": {"dir": "golden", "atol": profile.gates.golden_atol, "rtol": profile.gates.golden_rtol},
     }
+
+
+def _quantization_manifest(profile, model, result) -> dict | None:
+    """What it does: a fused int8 target -> the manifest's "quantization" section: the nodes kept float, the
+    settings, the calibration and, with the sensitivity pass on, the layers it kept float and why ("sensitivity":
+    ranking, the gates before, every attempt, the metrics after; its timing stays out, bundles stay reproducible)."""
+    if model.precision != "int8":
+        return None
+    out = {"kept_float_nodes": model.meta.get("kept_float_nodes", []),
+           "settings": profile.quantization.stage_settings(), "calibration": profile.calibration.model_dump()}
+    sens = getattr(result, "sensitivity", None)
+    if sens is not None:
+        out["auto_keep_float"] = list(sens["auto_keep_float"])
+        out["sensitivity"] = {k: v for k, v in sens.items() if k != "seconds"}
+    return out
 
 
 def _copy_tree(src: Path, dst: Path, skip=("artifact.json",)) -> None:
@@ -256,8 +269,10 @@ def config_hash(release, profile) -> str:
     """Hash of the settings of one bundle; model.export is left out when it is the default so that fused bundles
     stay byte-identical to those built before the field existed."""
     exclude = {"model": {"export"}} if release.model.export == "fused" else None
+    # likewise quantization.sensitivity while it is off (it changes nothing then)
+    off = None if profile.quantization.sensitivity.enabled else {"quantization": {"sensitivity"}}
     return sha256_json({"release": release.model_dump(mode="json", exclude=exclude),
-                        "target": profile.model_dump(mode="json")})
+                        "target": profile.model_dump(mode="json", exclude=off)})
 
 
 # --------------------------------------------------------------------------- verification of a bundle

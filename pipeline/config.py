@@ -34,6 +34,19 @@ def _check_name(value: str) -> str:
 # --------------------------------------------------------------------------- target profiles
 
 
+class SensitivityConfig(_Strict):
+    enabled: bool = Field(
+        False, description="rank the layers by the fidelity int8 costs them (int8 simulated at one ONNX node at a "
+                           "time on calibration samples); when a gate fails, keep the worst ones float (declared "
+                           "in the manifest and the report)")
+    max_float_layers: int = Field(
+        4, ge=1, le=64, description="at most this many layers kept float automatically; the fewest that make the "
+                                    "gates pass are kept (tried 1, 2, 4, ... then narrowed)")
+    samples: int = Field(
+        32, ge=2, le=1024, description="calibration samples (the first of the target's calibration subset) the "
+                                       "ranking measures on; never eval samples")
+
+
 class QuantizationConfig(_Strict):
     per_channel: bool = Field(True, description="per-output-channel weight scales (per-tensor breaks EfficientNet)")
     symmetric_weights: bool = Field(True, description="symmetric int8 weights (zero-point 0)")
@@ -52,6 +65,15 @@ class QuantizationConfig(_Strict):
         "fast", description="NNCF bias correction after quantization")
     io_dtype: Literal["float32", "int8", "uint8"] = Field(
         "float32", description="TFLite int8: dtype of float model inputs/outputs (int8 writes scale/zero-point)")
+    sensitivity: SensitivityConfig = Field(
+        default_factory=SensitivityConfig,
+        description="automatic sensitivity pass: names the layers that cost the most fidelity and can keep the "
+                    "worst of them float when a gate fails")
+
+    def stage_settings(self) -> dict:
+        """What it does: the settings that change a quantizer's output (for stage cache keys): all but the
+        sensitivity pass, whose choices reach the quantizers as keep_float entries."""
+        return self.model_dump(exclude={"sensitivity"})
 
 
 class CalibrationConfig(_Strict):
@@ -109,6 +131,17 @@ class TargetProfile(_Strict):
         fits = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
         if fits[self.format] != self.runtime:
             raise ValueError(f"runtime '{self.runtime}' cannot load format '{self.format}'; use '{fits[self.format]}'")
+        return self
+
+    @model_validator(mode="after")
+    def _sensitivity_fits(self):
+        sens = self.quantization.sensitivity
+        if sens.enabled and self.precision != "int8":
+            raise ValueError(f"quantization.sensitivity.enabled applies to int8 targets only, this one is "
+                             f"{self.precision}")
+        if sens.enabled and sens.samples > self.calibration.samples:
+            raise ValueError(f"quantization.sensitivity.samples={sens.samples} exceeds calibration.samples="
+                             f"{self.calibration.samples} (the ranking measures on the calibration subset)")
         return self
 
     @field_validator("name")

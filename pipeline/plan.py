@@ -55,7 +55,8 @@ class Plan:
         rows = []
         for tp in self.targets:
             p = tp.profile
-            checks = ["verify"] + (["profile"] if self.release.profile else [])
+            checks = ["verify"] + (["sensitivity"] if p.quantization.sensitivity.enabled else []) + \
+                (["profile"] if self.release.profile else [])
             calib = f"{p.calibration.method} x{p.calibration.samples}" if p.precision == "int8" else "-"
             rows.append([tp.name, p.format, p.precision, " → ".join(SHARED_STAGES[:1] + tp.chain + tuple(checks)),
                          calib, p.transport.kind])
@@ -142,8 +143,24 @@ def make_plan(cfg: ReleaseConfig, base_dir: Path) -> Plan:
         if chain is None:
             raise ConfigError(f"target '{p.name}': {p.format} {p.precision} is not supported yet")
         _check_chain(p.name, chain)
+        _check_sensitivity(cfg, p)
         plan.targets.extend(_target_plans(cfg.model.export, p, chain))
     return plan
+
+
+def _check_sensitivity(cfg: ReleaseConfig, profile: TargetProfile) -> None:
+    """quantization.sensitivity needs a fused graph (its keep_float choices name nodes of the whole model) and
+    onnxruntime (the ranking runs the fp32 ONNX export whatever the target's format)."""
+    if not profile.quantization.sensitivity.enabled:
+        return
+    if cfg.model.export != "fused":
+        raise ConfigError(f"target '{profile.name}': quantization.sensitivity works on fused graphs only; "
+                          f"model.export is '{cfg.model.export}' (use fused, or disable the sensitivity pass)")
+    info = stage_class_info("sensitivity")
+    missing = missing_imports(info["requires"])
+    if missing:
+        raise MissingDependencyError(f"target '{profile.name}' (quantization.sensitivity) needs {', '.join(missing)}: "
+                                     f"pip install 'edgepipe[{info['extra']}]'")
 
 
 def _target_plans(export: str, profile: TargetProfile, chain: tuple[str, ...]) -> list[TargetPlan]:

@@ -46,6 +46,8 @@ def publish_release(state: BuildState, dist: Path) -> dict:
                  "verification": result.verification.meta if result.verification else None,
                  "latency_ms": (result.latency() or {}).get("latency_ms"),
                  "model_size_bytes": sum(model_size_bytes(a) for a in result.models().values()) or None}
+        if result.sensitivity is not None:
+            entry["sensitivity"] = result.sensitivity
         if result.status == "passed":
             ctx = {"release": release, "profile": profile, "result": result, "iospec": state.iospec,
                    "dataset_dir": state.plan.dataset_dir, "git_commit": commit,

@@ -33,6 +33,32 @@ def summary_rows(entries: list[dict]) -> list[list[str]]:
     return rows
 
 
+def _metrics_text(m: dict) -> str:
+    parts = [f"drop {m['accuracy_drop_pt']:+.2f} pt"] if m.get("accuracy_drop_pt") is not None else []
+    parts.append(f"agreement {m['agreement'] * 100:.2f}%")
+    if m.get("cosine_min") is not None:
+        parts.append(f"cosine {m['cosine_min']:.5f}")
+    return ", ".join(parts)
+
+
+def sensitivity_line(sens: dict | None) -> str | None:
+    """What it does: a target's sensitivity record (fallback.py) -> one line: the worst layers, the gate that failed
+    with its value, the layers kept float automatically and the metrics after; None without the pass."""
+    if not sens:
+        return None
+    worst = ", ".join(f"{r['node']} ({r['cost']:.3g})" for r in sens["ranking"][:3]) or "no candidate"
+    before = sens["before"]
+    if before["passed"]:
+        return f"sensitivity: gates passed without keeping layers float; worst layers: {worst}"
+    head = f"sensitivity: gates failed ({'; '.join(before['reasons'])}; {_metrics_text(before)})"
+    if not sens["auto_keep_float"]:
+        last = sens["attempts"][-1] if sens["attempts"] else {}
+        return f"{head}; fallback kept nothing float ({last.get('error', 'no candidate layers')})"
+    layers = ", ".join(sens["auto_keep_float"])
+    return (f"{head}; kept {len(sens['auto_keep_float'])} layer(s) float automatically ({layers}); after: "
+            f"{_metrics_text(sens['after'])} - {'passed' if sens['passed'] else 'still failing'}")
+
+
 def print_summary(console, index: dict) -> None:
     from rich.table import Table
 
@@ -44,6 +70,10 @@ def print_summary(console, index: dict) -> None:
         style = "green" if entry["status"] == "passed" else "red"
         table.add_row(*row[:-1], f"[{style}]{row[-1]}[/{style}]")
     console.print(table)
+    for entry in index["targets"]:
+        line = sensitivity_line(entry.get("sensitivity"))
+        if line:
+            console.print(f"{entry['target']}: {line}", markup=False)
     for entry in index["targets"]:
         for reason in entry.get("reasons", []):
             console.print(f"[red]{entry['target']}[/red]: {reason}")
@@ -76,6 +106,9 @@ def report_html(index: dict) -> str:
         body.append(f'<tr class="{cls}">{cells}</tr>')
     reasons = "".join(f"<li><b>{html.escape(e['target'])}</b>: {html.escape(r)}</li>"
                       for e in index["targets"] for r in e.get("reasons", []))
+    sens = [(e["target"], sensitivity_line(e.get("sensitivity"))) for e in index["targets"]]
+    sens_items = "".join(f"<li><b>{html.escape(t)}</b>: {html.escape(line)}</li>" for t, line in sens if line)
+    sens_html = f"<h2>Sensitivity pass</h2><ul>{sens_items}</ul>\n" if sens_items else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>edgepipe {html.escape(index['release'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
@@ -87,7 +120,7 @@ tr.bad td:last-child{{color:#c00}}</style></head><body>
 <code>{html.escape(index['git_commit'])}</code>.</p>
 <table><tr>{head}</tr>{''.join(body)}</table>
 <h2>Failures</h2><ul>{reasons or '<li>none</li>'}</ul>
-<h2>Latency p50 per target (1 run of the agent, warm-up excluded)</h2>{_latency_svg(index['targets'])}
+{sens_html}<h2>Latency p50 per target (1 run of the agent, warm-up excluded)</h2>{_latency_svg(index['targets'])}
 </body></html>
 """
 
@@ -134,6 +167,8 @@ def bundle_readme(manifest: dict) -> str:
     acc = (f"{v['accuracy'] * 100:.2f}% (drop {v['accuracy_drop_pt']:+.2f} pt vs fp32 torch)"
            if "accuracy" in v else "n/a")
     components = _components_readme(manifest)
+    sens = sensitivity_line((manifest.get("quantization") or {}).get("sensitivity"))
+    sens = f"\n- {sens}" if sens else ""
     return f"""# {manifest['release']} / {manifest['target']}
 
 {manifest['format']} {manifest['precision']} model for `{manifest['runtime']}`.
@@ -162,7 +197,7 @@ Self-test: `edgepipe verify <this bundle>` re-hashes every file and runs the vec
 ## Measured
 
 - eval accuracy: {acc}; top-1 agreement with fp32: {v['agreement'] * 100:.2f}% on {v['samples']} samples
-- latency: {latency}
+- latency: {latency}{sens}
 
 ## Provenance
 

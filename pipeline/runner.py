@@ -43,6 +43,7 @@ class TargetResult:
     calibration_fingerprint: str | None = None
     # export: components -> per component name: {"model", "lineage", "profile"} (run order)
     components: dict[str, dict] = field(default_factory=dict)
+    sensitivity: dict | None = None  # quantization.sensitivity: ranking, gate failure, layers kept float (fallback.py)
 
     def models(self) -> dict[str, Artifact]:
         """What it does: a result -> its final model artifact(s) by component ("model" for a fused graph)."""
@@ -279,6 +280,10 @@ class Runner:
                 result.components[cname] = {"model": art, "lineage": lineage}
                 if profile is not tp.profile and tp.profile.precision == "int8":
                     result.components[cname]["quantization"] = profile.quantization.model_dump(mode="json")
+            if tp.profile.precision == "int8":
+                from .export import check_keep_float_applied
+
+                check_keep_float_applied(state.plan.release, tp.profile, result.components)
             deps = {"reference": state.reference, "component_reference": state.component_reference}
             deps.update({f"component.{n}": c["model"] for n, c in result.components.items()})
             result.verification = self.run_stage(state, "verify_components", None, tp.name, tp.profile, deps=deps)
@@ -302,21 +307,31 @@ class Runner:
 
     def run_target(self, state: BuildState, result: TargetResult) -> None:
         tp = result.plan
-        art = state.torch_model
-        result.lineage = [art]
         with _target_failures(result):
-            for name in tp.chain:
-                calib = self.calibration_for(state, tp) if get_stage(name).needs_calibration else None
-                art = self.run_stage(state, name, art, tp.name, tp.profile, calib)
-                result.lineage.append(art)
-            result.model = art
-            self._check_ops(art, tp)
-            result.verification = self.run_stage(state, "verify", art, tp.name, tp.profile,
-                                                 deps={"reference": state.reference})
-            from .verify import gate_failures
+            self.run_chain(state, result, tp.profile)
+            if tp.profile.quantization.sensitivity.enabled:
+                from .fallback import sensitivity_fallback
 
-            result.reasons = gate_failures(result.verification.meta, tp.profile.gates)
+                sensitivity_fallback(self, state, result)
             if state.plan.release.profile:
-                result.profile = self.run_stage(state, "profile", art, tp.name, tp.profile,
+                result.profile = self.run_stage(state, "profile", result.model, tp.name, tp.profile,
                                                 deps={"verification": result.verification})
             result.status = "failed" if result.reasons else "passed"
+
+    def run_chain(self, state: BuildState, result: TargetResult, profile, label: str | None = None) -> None:
+        """What it does: a fused target + the profile to build with -> result.lineage, model, verification and gate
+        reasons (the sensitivity fallback calls it again with extra keep_float entries in `profile`)."""
+        tp = result.plan
+        art = state.torch_model
+        result.lineage = [art]
+        for name in tp.chain:
+            calib = self.calibration_for(state, tp) if get_stage(name).needs_calibration else None
+            art = self.run_stage(state, name, art, label or tp.name, profile, calib)
+            result.lineage.append(art)
+        result.model = art
+        self._check_ops(art, tp)
+        result.verification = self.run_stage(state, "verify", art, label or tp.name, profile,
+                                             deps={"reference": state.reference})
+        from .verify import gate_failures
+
+        result.reasons = gate_failures(result.verification.meta, profile.gates)

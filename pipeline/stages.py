@@ -32,6 +32,7 @@ STAGES: dict[str, str] = {
     "convert_tflite": "pipeline.export.tflite:ConvertTflite",
     "quantize_tflite": "pipeline.export.tflite:QuantizeTflite",
     "component_reference": "pipeline.load:ComponentReference",
+    "sensitivity": "pipeline.sensitivity:Sensitivity",
     "verify": "pipeline.verify:Verify",
     "verify_components": "pipeline.verify:VerifyComponents",
     "profile": "pipeline.profile:Profile",

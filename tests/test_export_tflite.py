@@ -291,3 +291,47 @@ def test_build_publishes_both_tflite_bundles_and_they_verify(tmp_path):
     int8 = json.loads((release / INT8 / "manifest.json").read_text())
     assert int8["verification"]["accuracy_drop_pt"] <= 1.0
     assert int8["quantization"]["kept_float_nodes"]
+
+
+def test_int8_io_profile_builds_and_firmware_style_int8_feeds_match(tiny_build, tmp_path):
+    """host-tflite-int8io end to end: int8 image/audio/logits with scale/zero-point in the manifest; feeding the
+    bundle's model integers quantized by hand from those numbers gives what the agent computes from float feeds
+    (so the agent quantizes and dequantizes as firmware must), and the golden self-test passes."""
+    from targets.agent import _import_tflite
+
+    runner, state = tiny_build  # its cache holds the trained model: no training here
+    config = write_release(tmp_path / "release.yaml", release="int8io", targets=["host-tflite-int8io"],
+                           profile=False)
+    proc = run_cli(["build", str(config), "--no-progress", "--cache-dir", str(runner.cache.root)], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    bundle = tmp_path / "dist" / "int8io" / "host-tflite-int8io"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    specs = {t["name"]: t for t in manifest["iospec"]["inputs"] + manifest["iospec"]["outputs"]}
+    for name in ("image", "audio", "logits"):
+        q = specs[name]["quantization"]
+        assert specs[name]["dtype"] == "int8" and q["dtype"] == "int8" and q["scale"] > 0, specs[name]
+    assert specs["tokens"]["dtype"] == "int64" and specs["tokens"]["quantization"] is None
+    assert manifest["verification"]["accuracy_drop_pt"] <= 1.0 and manifest["verification"]["agreement"] >= 0.97
+
+    def to_int8(x, q):  # round half away from zero, as TFLite's QUANTIZE does
+        scaled = x.astype(np.float64) / q["scale"]
+        return np.clip(np.sign(scaled) * np.floor(np.abs(scaled) + 0.5) + q["zero_point"], -128, 127).astype(np.int8)
+
+    interpreter_cls, _, _ = _import_tflite()
+    raw = interpreter_cls(model_path=str(bundle / "model.tflite"), num_threads=1)
+    raw.allocate_tensors()
+    signature = raw.get_signature_runner()
+    agent = open_model(str(bundle / "model.tflite"), "tflite", 1)
+    split = state.dataset.split("eval")
+    for i in (0, 1, 7, 42):
+        sample = split.sample(i)
+        feeds = {n: v.transpose(specs[n]["transpose_from_source"]) if specs[n].get("transpose_from_source") else v
+                 for n, v in sample.items()}
+        ints = {n: to_int8(v, specs[n]["quantization"]) if specs[n]["quantization"] else v for n, v in feeds.items()}
+        got = signature(**ints)["logits"]
+        assert got.dtype == np.int8
+        q = specs["logits"]["quantization"]
+        by_hand = (got.astype(np.float32) - q["zero_point"]) * np.float32(q["scale"])
+        np.testing.assert_array_equal(by_hand, agent.run(feeds)["logits"])
+    check = run_cli(["verify", str(bundle)], tmp_path)
+    assert check.returncode == 0 and "golden vectors" in check.stdout, check.stdout + check.stderr

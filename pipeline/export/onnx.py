@@ -9,7 +9,7 @@ import warnings
 
 from ..artifact import Artifact
 from ..errors import StageError
-from . import keep_float_in_component, keep_float_patterns
+from . import component_key, keep_float_in_component, keep_float_patterns, record_applied
 from ..stages import Stage, StageContext
 
 
@@ -153,8 +153,9 @@ class QuantizeOnnx(Stage):
     extra = "onnx"
 
     def config(self, ctx: StageContext) -> dict:
-        return {"quantization": ctx.target.quantization.model_dump(), "calibration": ctx.target.calibration.model_dump(),
-                "keep_float": keep_float_patterns(ctx)}
+        return component_key(ctx, {"quantization": ctx.target.quantization.stage_settings(),
+                                   "calibration": ctx.target.calibration.model_dump(),
+                                   "keep_float": keep_float_patterns(ctx)})
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         import onnx
@@ -193,5 +194,6 @@ class QuantizeOnnx(Stage):
                 "io_quantization": io_quantization(qmodel),
                 "quantized_weights": ops.get("DequantizeLinear", 0) > 0,
                 "calibration": {"method": c.method, "samples": len(calib)}}
+        record_applied(ctx, meta, patterns)
         return ctx.artifact("onnx", component=artifact.component, precision="int8", meta=meta,
                             main_file="model.onnx")

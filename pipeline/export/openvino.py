@@ -14,7 +14,7 @@ import os
 from ..artifact import Artifact
 from ..errors import StageError
 from ..stages import Stage, StageContext
-from . import keep_float_in_component, keep_float_patterns
+from . import component_key, keep_float_in_component, keep_float_patterns, record_applied
 
 # Ops that are graph plumbing, not computation: never candidates for keep_float matching by name prefix.
 _STRUCTURAL_OPS = ("Parameter", "Result", "Constant")
@@ -241,8 +241,9 @@ class QuantizeOpenvino(Stage):
     extra = "openvino"
 
     def config(self, ctx: StageContext) -> dict:
-        return {"quantization": ctx.target.quantization.model_dump(), "calibration": ctx.target.calibration.model_dump(),
-                "keep_float": keep_float_patterns(ctx)}
+        return component_key(ctx, {"quantization": ctx.target.quantization.stage_settings(),
+                                   "calibration": ctx.target.calibration.model_dump(),
+                                   "keep_float": keep_float_patterns(ctx)})
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         import openvino as ov
@@ -279,5 +280,6 @@ class QuantizeOpenvino(Stage):
                 "nncf": record, "int8_weight_constants": int8_constants(saved),
                 "quantized_weights": int8_constants(saved) > 0,
                 "calibration": {"method": ctx.target.calibration.method, "tool": "nncf", "samples": len(calib)}}
+        record_applied(ctx, meta, patterns)
         return ctx.artifact("openvino", component=artifact.component, precision="int8", meta=meta,
                             main_file="model.xml")

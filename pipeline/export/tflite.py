@@ -26,7 +26,7 @@ from pathlib import Path
 from ..artifact import Artifact
 from ..errors import StageError
 from ..stages import Stage, StageContext
-from . import keep_float_in_component, keep_float_patterns
+from . import component_key, keep_float_in_component, keep_float_patterns, record_applied
 
 # ONNX ops onnx2tf rebuilds from TFLite builtins: plain onnx2tf emits FlexErf, which LiteRT refuses to run.
 PSEUDO_OPS = ("Erf",)
@@ -523,8 +523,9 @@ class QuantizeTflite(Stage):
     extra = "tflite"
 
     def config(self, ctx: StageContext) -> dict:
-        return {"quantization": ctx.target.quantization.model_dump(),
-                "calibration": ctx.target.calibration.model_dump(), "keep_float": keep_float_patterns(ctx)}
+        return component_key(ctx, {"quantization": ctx.target.quantization.stage_settings(),
+                                   "calibration": ctx.target.calibration.model_dump(),
+                                   "keep_float": keep_float_patterns(ctx)})
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         tf = _import_tf()
@@ -553,6 +554,7 @@ class QuantizeTflite(Stage):
                     kept_float_nodes=nodes, kept_float_ops=floating, io_dtype=ctx.target.quantization.io_dtype,
                     per_channel=ctx.target.quantization.per_channel,
                     calibration={"method": "minmax", "samples": len(calib)})
+        record_applied(ctx, meta, patterns)
         return ctx.artifact("tflite", component=artifact.component, precision="int8", meta=meta,
                             main_file="model.tflite")
 
