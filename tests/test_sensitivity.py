@@ -162,13 +162,13 @@ def test_gate_fallback_keeps_the_worst_layers_float_and_declares_them(tiny_build
     runner, _ = tiny_build
     without = _build(tmp_path, runner.cache.root, None)
     assert without.returncode == 1 and "accuracy drop" in without.stdout, without.stdout + without.stderr
-    assert not (tmp_path / "dist" / "tiny-mm-default" / "onnx-int8-tight").exists()
+    assert not (tmp_path / "dist" / "tiny-mm" / "onnx-int8-tight").exists()
 
     proc = _build(tmp_path, runner.cache.root, {"enabled": True, "max_float_layers": 6})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = " ".join(proc.stdout.split())
     assert "gates failed (accuracy drop" in out and "layer(s) float automatically" in out
-    release = tmp_path / "dist" / "tiny-mm-default"
+    release = tmp_path / "dist" / "tiny-mm"
     manifest = json.loads((release / "onnx-int8-tight" / "manifest.json").read_text())
     q = manifest["quantization"]
     auto, sens = q["auto_keep_float"], q["sensitivity"]
