@@ -103,11 +103,11 @@ def rows_for(model: str, state, label_suffix: str = "") -> list[dict]:
     return rows
 
 
-def add_ratios(rows: list[dict]) -> None:
-    """Speed-up and size of each row against the fp32 row of the same model and format."""
-    fp32 = {(r["model"], r["format"]): r for r in rows if r["precision"] == "fp32"}
+def add_ratios(rows: list[dict], group: str = "model") -> None:
+    """Speed-up and size of each row against the fp32 row of the same `group` (model, graph ...) and format."""
+    fp32 = {(r[group], r["format"]): r for r in rows if r["precision"] == "fp32"}
     for r in rows:
-        base = fp32.get((r["model"], r["format"]))
+        base = fp32.get((r[group], r["format"]))
         if base and r.get("p50") and base.get("p50"):
             r["speedup"] = base["p50"] / r["p50"]
         if base and r.get("size") and base.get("size"):

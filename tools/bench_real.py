@@ -25,7 +25,7 @@ from pipeline.config import ReleaseConfig, load_release  # noqa: E402
 from pipeline.plan import make_plan  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 from pipeline.runner import Runner  # noqa: E402
-from tools.bench_formats import BENCH_PROFILES, cpu_model, fmt  # noqa: E402
+from tools.bench_formats import BENCH_PROFILES, add_ratios, cpu_model, fmt  # noqa: E402
 
 OURS = [f"host-{f}-{p}" for f in ("onnx", "openvino", "tflite") for p in ("fp32", "int8")]
 DEFAULTS = [str(BENCH_PROFILES / f"{f}-int8-defaults.yaml") for f in ("onnx", "openvino", "tflite")]
@@ -99,16 +99,6 @@ def rows_for(state) -> list[dict]:
     return rows
 
 
-def add_ratios(rows: list[dict]) -> None:
-    fp32 = {(r["graph"], r["format"]): r for r in rows if r["precision"] == "fp32"}
-    for r in rows:
-        base = fp32.get((r["graph"], r["format"]))
-        if base and r.get("p50") and base.get("p50"):
-            r["speedup"] = base["p50"] / r["p50"]
-        if base and r.get("size") and base.get("size"):
-            r["size_ratio"] = r["size"] / base["size"]
-
-
 def pct(v):
     return None if v is None else v * 100
 
@@ -141,7 +131,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgepipe-bench-real-") as tmp:
         cache = Cache(args.cache_dir or Path(tmp))
         rows = rows_for(build(OURS, True, cache)) + rows_for(build(DEFAULTS, False, cache))
-    add_ratios(rows)
+    add_ratios(rows, group="graph")
     body = "\n".join([
         "## Real default model: smart camera per format, ours vs the toolchains' defaults (`tools/bench_real.py`)",
         "",
