@@ -1,0 +1,120 @@
+"""Compression methods (issue 5, first slice): low-rank factorization reproduces a layer within the energy its rank
+keeps, leaves layers alone where it would not save parameters, and refuses bad settings; magnitude pruning hits its
+sparsity, zeros shrink the zipped file, not the dense one."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.compress.lowrank import apply_lowrank, factorize
+from pipeline.compress.prune import magnitude_prune, zipped_size
+from pipeline.errors import ConfigError
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 1),
+                         nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Flatten(), nn.Linear(32 * 4 * 4, 64),
+                         nn.ReLU(), nn.Linear(64, 10))
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(96, 80), nn.Conv2d(24, 40, 3, stride=2, padding=1), nn.Conv2d(48, 64, 1)])
+def test_factorized_layer_reproduces_the_original_within_the_kept_energy(layer):
+    """||W - W_r||_F = sqrt(1 - energy) ||W||_F, and every output vector (per sample, per position) is off by at
+    most sigma_{r+1} times the norm of its input vector (patch); full rank is exact."""
+    from torch.nn import functional as F
+
+    torch.manual_seed(1)
+    conv = isinstance(layer, nn.Conv2d)
+    x = torch.randn(2, layer.in_channels, 9, 9) if conv else torch.randn(8, 96)
+    w = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
+    s = torch.linalg.svdvals(w)
+    for r in (4, 16, min(w.shape)):
+        pair, kept = factorize(layer, r)
+        assert kept == pytest.approx(float((s[:r] ** 2).sum() / (s ** 2).sum()))
+        w_r = pair[1].weight.detach().reshape(pair[1].weight.shape[0], -1).double() \
+            @ pair[0].weight.detach().reshape(r, -1).double()
+        rel = float(torch.linalg.norm(w - w_r) / torch.linalg.norm(w))
+        assert rel == pytest.approx(math.sqrt(max(0.0, 1 - kept)), abs=1e-5)
+        with torch.no_grad():
+            err = (pair(x) - layer(x)).double()
+        if conv:  # (N, out, H, W) -> per-position vectors; inputs: the patches the kernel sees
+            err = err.flatten(2).transpose(1, 2).reshape(-1, err.shape[1])
+            inp = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride).double()
+            inp = inp.transpose(1, 2).reshape(-1, inp.shape[1])
+        else:
+            inp = x.double()
+        bound = (float(s[r]) if r < len(s) else 0.0) * torch.linalg.norm(inp, dim=1) + 1e-4
+        assert bool((torch.linalg.norm(err, dim=1) <= bound).all())
+
+
+def test_apply_lowrank_by_energy_replaces_only_layers_that_save_parameters():
+    net = _net()
+    x = torch.randn(4, 3, 8, 8)
+    before = sum(p.numel() for p in net.parameters())
+    with torch.no_grad():
+        y0 = net(x)
+    report = apply_lowrank(net, energy=0.9)
+    by_name = {r["name"]: r for r in report}
+    assert "3" not in by_name  # the depthwise conv is never a candidate
+    assert by_name["5"]["rank"] is not None and by_name["5"]["params_after"] < by_name["5"]["params_before"]
+    assert by_name["0"]["rank"] is None and "would not save" in by_name["0"]["note"]  # 16 x 27: nothing to gain
+    assert isinstance(net[5], nn.Sequential) and isinstance(net[0], nn.Conv2d)
+    assert sum(p.numel() for p in net.parameters()) < before
+    with torch.no_grad():
+        y1 = net(x)
+    assert y1.shape == y0.shape and torch.isfinite(y1).all()
+    kept = [r["energy_kept"] for r in report if r["rank"] is not None]
+    assert kept and min(kept) >= 0.9
+
+
+def test_lowrank_by_param_ratio_and_layer_patterns():
+    net = _net()
+    report = apply_lowrank(net, param_ratio=0.25, layers=["5", "7"], skip=["7"])
+    assert [r["name"] for r in report] == ["5"]
+    assert report[0]["params_after"] - 64 <= 0.25 * 512 * 64 + 1  # weights of both factors + the bias
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({}, "exactly one"), ({"energy": 0.9, "rank": 4}, "exactly one"), ({"energy": 1.5}, r"\(0, 1\]"),
+    ({"param_ratio": 1.0}, r"\(0, 1\)"), ({"rank": 0}, ">= 1"), ({"rank": 11, "layers": ["7"]}, "larger than"),
+    ({"rank": 2, "layers": ["fc*"]}, "matches no layer"),
+])
+def test_bad_lowrank_settings_are_config_errors_before_any_change(kwargs, match):
+    net = _net()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ConfigError, match=match):
+        apply_lowrank(net, **kwargs)
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_magnitude_pruning_hits_its_sparsity(scope):
+    net = _net()
+    report = magnitude_prune(net, 0.6, scope=scope, skip=["0"])
+    assert "0" not in {r["name"] for r in report} and bool((net[0].weight != 0).all())
+    zeros, total = sum(r["zeros"] for r in report), sum(r["weights"] for r in report)
+    assert zeros / total == pytest.approx(0.6, abs=0.01)
+    if scope == "layer":
+        assert all(r["zeros"] / r["weights"] == pytest.approx(0.6, abs=0.02) for r in report)
+
+
+def test_pruned_weights_shrink_the_zipped_file_not_the_dense_one(tmp_path):
+    net = _net()
+    torch.save(net.state_dict(), tmp_path / "dense.pt")
+    magnitude_prune(net, 0.8)
+    torch.save(net.state_dict(), tmp_path / "pruned.pt")
+    dense, pruned = tmp_path / "dense.pt", tmp_path / "pruned.pt"
+    assert abs(dense.stat().st_size - pruned.stat().st_size) < 64
+    assert zipped_size(pruned) < 0.6 * zipped_size(dense)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"sparsity": 1.0}, r"\[0, 1\)"), ({"sparsity": -0.1}, r"\[0, 1\)"),
+                                           ({"sparsity": 0.5, "scope": "row"}, "scope"),
+                                           ({"sparsity": 0.5, "layers": ["nope"]}, "matches no layer")])
+def test_bad_pruning_settings_are_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        magnitude_prune(_net(), **kwargs)
