@@ -58,6 +58,21 @@ def _iospec_for_artifact(iospec, meta: dict) -> dict:
     return spec
 
 
+def _compression(result) -> dict:
+    """What it does: a target result -> the manifest's compression section from its compressed torch artifact."""
+    lineages = [result.lineage] + [c["lineage"] for c in (getattr(result, "components", None) or {}).values()]
+    for lineage in lineages:
+        for art in lineage or []:
+            summary = art.meta.get("compression")
+            if summary:
+                steps = [{k: v for k, v in step.items() if k != "layers"} | {
+                    "layers_changed": sum(1 for r in step["layers"] if r.get("rank") or r.get("zeros"))}
+                    for step in summary["steps"]]
+                return {"applied": steps, "parameters_before": summary["parameters_before"],
+                        "parameters": summary["parameters"], "zero_parameters": summary["zero_parameters"]}
+    return {"applied": []}
+
+
 def _lineage(arts) -> list[dict]:
     return [{"stage": a.stage, "kind": a.kind, "precision": a.precision, "sha256": a.sha256,
              "parents": list(a.parents)} for a in arts]
@@ -117,7 +132,7 @@ def _components_manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
         "preprocessing_assets": sorted(f for f in files if f.startswith("assets/")),
         "quantization": ({"settings": profile.quantization.stage_settings(),
                           "calibration": profile.calibration.model_dump()} if first.precision == "int8" else None),
-        "compression": {"applied": []},
+        "compression": _compression(result),
         "components": components_manifest(ctx, files),
         "verification": ver, "latency": result.latency(),
         "golden": {"dir": "golden", "atol": profile.gates.golden_atol, "rtol": profile.gates.golden_rtol},
@@ -151,7 +166,7 @@ def _fused_manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
         "iospec": _iospec_for_artifact(ctx["iospec"], model.meta),
         "preprocessing_assets": sorted(f for f in files if f.startswith("assets/")),
         "quantization": _quantization_manifest(profile, model, result),
-        "compression": {"applied": []},
+        "compression": _compression(result),
         "model": {"sha256": model.sha256, "ops": model.meta.get("ops", {}), "lineage": lineage},
         "verification": ver,
         "latency": result.profile.meta if result.profile is not None else None,

@@ -187,6 +187,31 @@ class ExportConfig(_Strict):
     onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig, description="ONNX export settings")
 
 
+class CompressionStep(_Strict):
+    """One torch -> torch compression step of the release's recipe (run in order, before every export)."""
+
+    method: Literal["lowrank", "prune"] = Field(description="lowrank: truncated-SVD factorization of Linear/Conv "
+                                                "layers; prune: unstructured magnitude pruning")
+    energy: float | None = Field(None, gt=0, le=1, description="lowrank: keep this share of sum(S^2) per layer")
+    rank: int | None = Field(None, ge=1, description="lowrank: the same rank for every chosen layer")
+    param_ratio: float | None = Field(None, gt=0, lt=1, description="lowrank: factors hold at most this share of "
+                                      "each layer's weights")
+    sparsity: float | None = Field(None, ge=0, lt=1, description="prune: share of the chosen weights set to zero")
+    scope: Literal["global", "layer"] = Field("global", description="prune: one threshold over all chosen layers, "
+                                              "or the same share per layer")
+    layers: list[str] | None = Field(None, description="fnmatch patterns of module names to compress (default all)")
+    skip: list[str] = Field(default_factory=list, description="fnmatch patterns of module names to leave alone")
+
+    @model_validator(mode="after")
+    def _settings_fit_method(self):
+        rules = [k for k in ("energy", "rank", "param_ratio") if getattr(self, k) is not None]
+        if self.method == "lowrank" and (len(rules) != 1 or self.sparsity is not None):
+            raise ValueError("lowrank needs exactly one of energy, rank, param_ratio (and no sparsity)")
+        if self.method == "prune" and (self.sparsity is None or rules):
+            raise ValueError("prune needs sparsity in [0, 1) (and no energy/rank/param_ratio)")
+        return self
+
+
 class ReleaseConfig(_Strict):
     release: str = Field(description="release name; bundles go to <dist>/<release>/")
     model: ModelConfig = Field(description="the model to deploy")
@@ -195,6 +220,9 @@ class ReleaseConfig(_Strict):
     profile: bool = Field(True, description="measure latency on each target (timings make bundles differ run to run)")
     golden_count: int = Field(4, ge=1, le=64, description="golden input/output vectors per bundle")
     seed: int = Field(0, description="seed for training and sampling")
+    compression: list[CompressionStep] = Field(
+        default_factory=list, description="torch -> torch compression recipe applied in order after the model "
+        "is loaded and before every export (the fp32 reference stays the uncompressed model)")
     gates: dict[str, Any] = Field(
         default_factory=dict, description="verification gates of this model, over every target profile's gates "
         "(same keys as a profile's gates; e.g. a real model's logits cosine differs from a tiny model's)")

@@ -39,6 +39,10 @@ def load_torch(art: Artifact, factory, params: dict):
     import torch
 
     module = factory.construct(params)
+    if art.meta.get("structure"):  # a compressed artifact: rebuild its factorized layers first
+        from .compress.stage import replay_structure
+
+        replay_structure(module, art.meta["structure"])
     state = torch.load(art.path("model.pt"), map_location="cpu", weights_only=True)
     module.load_state_dict(state, strict=True)
     return module.eval()

@@ -74,6 +74,7 @@ class BuildState:
     reference: Artifact | None = None
     torch_model: Artifact | None = None
     component_reference: Artifact | None = None
+    torch_lineage: list = field(default_factory=list)  # load (+ compress): where every target's lineage starts
     components: dict | None = None  # component name -> Component (torch views), when a target exports components
     component_wiring: dict | None = None  # {"order": [...], "feeds_from": {...}, "iospecs": {...}} for bundles
     targets: list[TargetResult] = field(default_factory=list)
@@ -151,6 +152,8 @@ class Runner:
         for split in ("eval", "calibration"):
             dataset.split(split)  # preprocessing errors (shapes, fields) surface here
         state = BuildState(plan=plan, iospec=iospec, dataset=dataset)
+        if plan.release.compression:
+            self.check_recipe(factory, plan)
         for tp in plan.targets:
             result = TargetResult(plan=tp)
             if tp.profile.precision == "int8":
@@ -158,6 +161,24 @@ class Runner:
                 result.calibration_fingerprint = calib.fingerprint()
             state.targets.append(result)
         return state
+
+    @staticmethod
+    def check_recipe(factory, plan: Plan) -> None:
+        """What it does: the compression recipe dry-run on an untrained model of the same architecture -> a
+        ConfigError (exit 2) for a layer pattern that matches nothing or a rank a layer cannot have, before any
+        stage runs."""
+        from .compress.stage import run_recipe
+
+        try:
+            module = factory.construct(plan.release.model.params)
+        except EdgepipeError:
+            raise
+        except Exception as err:
+            raise ModelFactoryError(f"model.factory construct() failed: {type(err).__name__}: {err}") from err
+        try:
+            run_recipe(module, plan.release.compression)
+        except ConfigError as err:
+            raise ConfigError(f"compression: {err}") from err
 
     def calibration_for(self, state: BuildState, tp: TargetPlan) -> CalibrationSet:
         c = tp.profile.calibration
@@ -208,6 +229,10 @@ class Runner:
         state = self.prepare(plan)
         state.torch_model = self.run_stage(state, "load", None)
         state.reference = self.run_stage(state, "reference", state.torch_model)
+        state.torch_lineage = [state.torch_model]
+        if state.plan.release.compression:  # every export starts from the compressed model; the reference stays
+            state.torch_model = self.run_stage(state, "compress", state.torch_model)
+            state.torch_lineage.append(state.torch_model)
         if any(r.plan.export == "components" for r in state.targets):
             self.prepare_components(state)
         for result in state.targets:
@@ -272,7 +297,7 @@ class Runner:
         with _target_failures(result):
             for cname, comp in state.components.items():
                 art = state.torch_model
-                lineage = [art]
+                lineage = list(getattr(state, "torch_lineage", None) or [art])
                 profile = component_profile(tp.profile, comp, cname)
                 chain = tp.chain if profile.precision == tp.profile.precision else \
                     EXPORT_CHAINS[(profile.format, profile.precision)]
@@ -330,7 +355,7 @@ class Runner:
         reasons (the sensitivity fallback calls it again with extra keep_float entries in `profile`)."""
         tp = result.plan
         art = state.torch_model
-        result.lineage = [art]
+        result.lineage = list(getattr(state, "torch_lineage", None) or [art])
         for name in tp.chain:
             calib = self.calibration_for(state, tp) if get_stage(name).needs_calibration else None
             art = self.run_stage(state, name, art, label or tp.name, profile, calib)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 STAGES: dict[str, str] = {
     "load": "pipeline.load:LoadModel",
     "reference": "pipeline.load:ReferenceOutputs",
+    "compress": "pipeline.compress.stage:Compress",
     "export_onnx": "pipeline.export.onnx:ExportOnnx",
     "quantize_onnx": "pipeline.export.onnx:QuantizeOnnx",
     "convert_openvino": "pipeline.export.openvino:ConvertOpenvino",

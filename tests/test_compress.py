@@ -118,3 +118,63 @@ def test_pruned_weights_shrink_the_zipped_file_not_the_dense_one(tmp_path):
 def test_bad_pruning_settings_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         magnitude_prune(_net(), **kwargs)
+
+
+# --------------------------------------------------------------------------- the recipe in a build
+
+
+@pytest.mark.slow
+def test_lowrank_and_pruning_recipe_builds_all_three_formats(tmp_path):
+    """A release with a compression recipe: the factorized head layer has rank-r shapes in the ONNX, OpenVINO and
+    TFLite files, the manifest declares the steps, and the verification compares with the uncompressed fp32."""
+    import json
+
+    import numpy as np
+    import onnx
+
+    from .conftest import run_cli, write_release
+
+    recipe = [{"method": "lowrank", "rank": 8, "layers": ["head.0", "image.features.2.0"]},
+              {"method": "prune", "sparsity": 0.3, "skip": ["audio.*"]}]
+    cfg = write_release(tmp_path / "r.yaml", release="compressed", profile=False, compression=recipe,
+                        targets=["host-onnx-fp32", "host-onnx-int8", "host-openvino-fp32", "host-tflite-fp32"],
+                        gates={"max_accuracy_drop_pt": 10.0, "min_agreement": 0.9, "min_cosine": 0.9})
+    proc = run_cli(["build", str(cfg), "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    release = tmp_path / "dist" / "compressed"
+    manifest = json.loads((release / "host-onnx-fp32" / "manifest.json").read_text())
+    comp = manifest["compression"]
+    assert [s["method"] for s in comp["applied"]] == ["lowrank", "prune"]
+    assert comp["parameters"] < comp["parameters_before"] and comp["zero_parameters"] > 0
+    assert [s["stage"] for s in manifest["model"]["lineage"]] == ["load", "compress", "export_onnx"]
+    inits = {tuple(i.dims) for i in onnx.load(str(release / "host-onnx-fp32" / "model.onnx")).graph.initializer}
+    assert (8, 96) in inits or (96, 8) in inits  # head.0 (64 x 96) became 96 -> 8 -> 64
+    assert (64, 96) not in inits and (96, 64) not in inits
+
+    import openvino as ov
+
+    shapes = {tuple(op.get_output_shape(0)) for op in ov.Core().read_model(
+        str(release / "host-openvino-fp32" / "model.xml")).get_ops() if op.get_type_name() == "Constant"}
+    assert (8, 96) in shapes or (96, 8) in shapes
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(release / "host-tflite-fp32" / "model.tflite"))
+    tshapes = {tuple(d["shape"]) for d in interp.get_tensor_details()}
+    assert (8, 96) in tshapes or (96, 8) in tshapes
+    ver = manifest["verification"]
+    assert ver["reference_accuracy"] > 0.9 and np.isfinite(ver["accuracy_drop_pt"])
+
+
+def test_a_recipe_that_matches_no_layer_is_a_config_error_before_anything_runs(tmp_path):
+    from .conftest import run_cli, write_release
+
+    cfg = write_release(tmp_path / "r.yaml", compression=[{"method": "lowrank", "rank": 4, "layers": ["nope.*"]}])
+    proc = run_cli(["build", str(cfg), "--no-progress"], tmp_path)
+    assert proc.returncode == 2 and "matches no layer" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "dist").exists() and "load" not in proc.stdout.split("edgepipe:")[0].split("\n", 1)[-1]
+    cfg = write_release(tmp_path / "r2.yaml", compression=[{"method": "prune", "sparsity": 1.0}])
+    proc = run_cli(["build", str(cfg), "--no-progress"], tmp_path)
+    assert proc.returncode == 2 and "sparsity" in proc.stderr
+    cfg = write_release(tmp_path / "r3.yaml", compression=[{"method": "lowrank", "rank": 65, "layers": ["head.0"]}])
+    proc = run_cli(["build", str(cfg), "--no-progress"], tmp_path)
+    assert proc.returncode == 2 and "larger than" in proc.stderr
