@@ -256,8 +256,10 @@ def write_tar(src: Path, out: Path, root_name: str) -> None:
             with open(path, "rb") as f:
                 tar.addfile(info, f)
     tmp = out.with_name(f".tmp-{out.name}")
+    # level 6, not 9: on the smart-camera bundles (float/int8 weights) 9 saves 0.15 % of bytes at twice the time
+    # (42 MiB tar: 34.46 vs 34.41 MiB, 1.3 vs 2.8 s); the archive stays byte-deterministic either way.
     with open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=FIXED_MTIME, compresslevel=9) as gz:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=FIXED_MTIME, compresslevel=6) as gz:
             gz.write(buf.getvalue())
         raw.flush()
         os.fsync(raw.fileno())
