@@ -102,6 +102,17 @@ def _crash_point(stage: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _factory_call(factory, method: str, *args):
+    """What it does: a factory method call -> its result; any non-edgepipe failure of user code becomes one
+    ModelFactoryError line naming the method (exit 2)."""
+    try:
+        return getattr(factory, method)(*args)
+    except EdgepipeError:
+        raise
+    except Exception as err:
+        raise ModelFactoryError(f"model.factory {method}() failed: {type(err).__name__}: {err}") from err
+
+
 def component_profile(profile, comp, name: str):
     """What it does: a target profile + a component's own quantization needs for this format -> the profile its
     stages run with (the same object when the component has none). keep_float entries are added, other keys
@@ -142,12 +153,7 @@ class Runner:
         from .load import import_factory
 
         factory = import_factory(plan.release.model.factory)
-        try:
-            iospec = factory.iospec(plan.release.model.params)
-        except EdgepipeError:
-            raise
-        except Exception as err:
-            raise ModelFactoryError(f"model.factory iospec() failed: {type(err).__name__}: {err}") from err
+        iospec = _factory_call(factory, "iospec", plan.release.model.params)
         dataset = open_dataset(plan.dataset_dir, iospec)
         for split in ("eval", "calibration"):
             dataset.split(split)  # preprocessing errors (shapes, fields) surface here
@@ -169,12 +175,7 @@ class Runner:
         stage runs."""
         from .compress.stage import run_recipe
 
-        try:
-            module = factory.construct(plan.release.model.params)
-        except EdgepipeError:
-            raise
-        except Exception as err:
-            raise ModelFactoryError(f"model.factory construct() failed: {type(err).__name__}: {err}") from err
+        module = _factory_call(factory, "construct", plan.release.model.params)
         try:
             run_recipe(module, plan.release.compression)
         except ConfigError as err:

@@ -25,7 +25,8 @@ from pipeline.config import ReleaseConfig, load_release  # noqa: E402
 from pipeline.plan import make_plan  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 from pipeline.runner import Runner  # noqa: E402
-from tools.bench_formats import BENCH_PROFILES, add_ratios, cpu_model, fmt  # noqa: E402
+from tools.bench_formats import (BENCH_PROFILES, add_ratios, conversion_seconds, cpu_model, fmt,  # noqa: E402
+                                  model_size, write_section)
 
 OURS = [f"host-{f}-{p}" for f in ("onnx", "openvino", "tflite") for p in ("fp32", "int8")]
 DEFAULTS = [str(BENCH_PROFILES / f"{f}-int8-defaults.yaml") for f in ("onnx", "openvino", "tflite")]
@@ -47,15 +48,6 @@ def build(targets: list[str], ours: bool, cache: Cache):
     return runner.run(plan)
 
 
-def _size(art) -> int:
-    return sum(art.path(f).stat().st_size for f in art.files if f.endswith((".onnx", ".xml", ".bin", ".tflite")))
-
-
-def _seconds(state, lineage) -> float:
-    by_sha = {r.sha256: r.seconds for r in state.records if not r.cached}
-    return sum(by_sha.get(a.sha256, 0.0) for a in lineage[1:])
-
-
 def rows_for(state) -> list[dict]:
     """What it does: a built state -> one row per (target, graph): fused scorer, image encoder, text encoder."""
     rows = []
@@ -67,7 +59,7 @@ def rows_for(state) -> list[dict]:
         if not result.plan.name.endswith("-components"):
             row = {**common, "graph": "prompt scorer (fused)"}
             if result.model is not None:
-                row.update(size=_size(result.model), convert_s=_seconds(state, result.lineage))
+                row.update(size=model_size(result.model), convert_s=conversion_seconds(state, result.lineage))
             if v:
                 s, lg = v["outputs"]["scores"], v["outputs"]["logits"]
                 row.update(top1=lg["top1_agreement"], top5=lg.get("top5_overlap"),
@@ -82,7 +74,7 @@ def rows_for(state) -> list[dict]:
             c = result.components.get(name, {})
             row = {**common, "graph": name}
             if c.get("model") is not None:
-                row.update(size=_size(c["model"]), convert_s=_seconds(state, c["lineage"]),
+                row.update(size=model_size(c["model"]), convert_s=conversion_seconds(state, c["lineage"]),
                            note="float in this int8 target" if "float" in (c.get("quantization") or {}) else "")
             if v and name in v.get("components", {}):
                 out = v["components"][name]["outputs"]
@@ -149,22 +141,8 @@ def main() -> None:
         "",
         table(rows),
     ])
-    write_section_marked(args.out, body)
+    write_section(args.out, body, MARKS)
     print(body)
-
-
-def write_section_marked(path: Path, body: str) -> None:
-    """What it does: BENCHMARKS.md + body -> the file with this tool's section replaced (or appended)."""
-    import re
-
-    start, end = MARKS
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{start}\n{body}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -1079,19 +1079,12 @@ def make_sentences(rng: np.random.Generator, prompts: tuple[str, ...]) -> tuple[
 # writing
 # ----------------------------------------------------------------------------------------------------------------
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez-compatible archive whose bytes depend only on the arrays (fixed date, mode, order, level)."""
+    """The tiny_mm generator's byte-deterministic npz writer, into a directory created on demand."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_dataset import write_npz as write_deterministic_npz
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL) as zf:
-        for name, array in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-            info = zipfile.ZipInfo(name + ".npy", date_time=ZIP_DATE_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            info.create_system = 3
-            zf.writestr(info, buf.getvalue(), compresslevel=ZIP_LEVEL)
-    os.replace(tmp, path)
+    write_deterministic_npz(path, arrays)
 
 
 def write_text(path: Path, text: str) -> None:

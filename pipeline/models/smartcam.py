@@ -16,7 +16,6 @@ The bundle carries the prompts, their embeddings, the ImageNet class names and t
 """
 from __future__ import annotations
 
-import hashlib
 import io
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from ..artifact import sha256_file
 from ..errors import ConfigError
 from ..iospec import ImagePreprocessing, IOSpec, TensorSpec, TokenizerPreprocessing
 from . import FactoryContext
@@ -151,10 +151,6 @@ def _package_version(name: str) -> str:
         return "absent"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class SmartCam:
     """Model factory `pipeline.models.smartcam:SmartCam` (see pipeline/models/__init__.py)."""
 
@@ -221,7 +217,7 @@ class SmartCam:
         prompts = prompts_of(p)
         vocab = ctx.dataset.root / VOCAB_FILE
         package_vocab = tokenizer_paths()["vocab"]
-        if not vocab.is_file() or _sha256(vocab) != _sha256(package_vocab):
+        if not vocab.is_file() or sha256_file(vocab) != sha256_file(package_vocab):
             raise ConfigError(f"{vocab} must be a copy of the MiniLM package's {package_vocab}")
         dataset_prompts = ctx.dataset.root / "prompts.txt"
         if dataset_prompts.is_file() and p.prompts is not None:
