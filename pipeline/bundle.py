@@ -58,6 +58,20 @@ def _iospec_for_artifact(iospec, meta: dict) -> dict:
     return spec
 
 
+def _step_summary(step: dict) -> dict:
+    """What it does: one applied recipe step -> its manifest entry (settings + what changed, not per-layer rows)."""
+    out = {k: v for k, v in step.items() if k != "layers"}
+    report = step.get("layers")
+    if step["method"] == "structured":
+        out["layers_changed"] = len(report["layers"])
+        out["heads_kept"] = {b: len(h["heads_kept"]) for b, h in report["heads"].items()}
+    elif step["method"] == "distill":
+        out["training"] = report
+    else:
+        out["layers_changed"] = sum(1 for r in report or [] if r.get("rank") or r.get("zeros"))
+    return out
+
+
 def _compression(result) -> dict:
     """What it does: a target result -> the manifest's compression section from its compressed torch artifact."""
     lineages = [result.lineage] + [c["lineage"] for c in (getattr(result, "components", None) or {}).values()]
@@ -65,11 +79,9 @@ def _compression(result) -> dict:
         for art in lineage or []:
             summary = art.meta.get("compression")
             if summary:
-                steps = [{k: v for k, v in step.items() if k != "layers"} | {
-                    "layers_changed": sum(1 for r in step["layers"] if r.get("rank") or r.get("zeros"))}
-                    for step in summary["steps"]]
-                return {"applied": steps, "parameters_before": summary["parameters_before"],
-                        "parameters": summary["parameters"], "zero_parameters": summary["zero_parameters"]}
+                keys = ("parameters_before", "parameters", "zero_parameters", "macs_before", "macs")
+                return {"applied": [_step_summary(step) for step in summary["steps"]],
+                        **{k: summary[k] for k in keys if k in summary}}
     return {"applied": []}
 
 

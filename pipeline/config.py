@@ -190,15 +190,37 @@ class ExportConfig(_Strict):
 class CompressionStep(_Strict):
     """One torch -> torch compression step of the release's recipe (run in order, before every export)."""
 
-    method: Literal["lowrank", "prune"] = Field(description="lowrank: truncated-SVD factorization of Linear/Conv "
-                                                "layers; prune: unstructured magnitude pruning")
+    method: Literal["lowrank", "prune", "structured", "distill"] = Field(
+        description="lowrank: truncated-SVD factorization of Linear/Conv layers; prune: unstructured magnitude "
+        "pruning; structured: remove channels, hidden units and attention heads; distill: recover accuracy by "
+        "knowledge distillation from the uncompressed fp32 model")
     energy: float | None = Field(None, gt=0, le=1, description="lowrank: keep this share of sum(S^2) per layer")
     rank: int | None = Field(None, ge=1, description="lowrank: the same rank for every chosen layer")
     param_ratio: float | None = Field(None, gt=0, lt=1, description="lowrank: factors hold at most this share of "
                                       "each layer's weights")
     sparsity: float | None = Field(None, ge=0, lt=1, description="prune: share of the chosen weights set to zero")
-    scope: Literal["global", "layer"] = Field("global", description="prune: one threshold over all chosen layers, "
-                                              "or the same share per layer")
+    scope: Literal["global", "layer"] = Field("global", description="prune/structured: one ranking over all chosen "
+                                              "layers, or the same share per layer")
+    ratio: float | None = Field(None, ge=0, lt=1, description="structured: share of channels removed per coupled "
+                                "group (scope layer) or over all groups (scope global)")
+    ratios: dict[str, float] = Field(default_factory=dict, description="structured: fnmatch layer pattern -> its "
+                                     "own ratio in [0, 1)")
+    floor: float = Field(0.1, gt=0, le=1, description="structured: every layer keeps at least this share of its "
+                         "channels")
+    heads: float = Field(0.0, ge=0, lt=1, description="structured: share of attention heads removed per block "
+                         "(modules that declare edgepipe_attention)")
+    importance: Literal["l1", "l2", "taylor"] = Field("l1", description="structured: channel/head importance "
+                                                      "(taylor: |w * grad| on calibration samples, own top-1 as label)")
+    round_to: int | None = Field(None, ge=1, description="structured: keep channel counts multiples of this")
+    steps: int = Field(200, ge=1, le=100000, description="distill: optimizer steps")
+    batch_size: int = Field(32, ge=1, le=4096, description="distill: mini-batch size")
+    lr: float = Field(1e-3, gt=0, le=1, description="distill: peak AdamW learning rate (cosine decay)")
+    temperature: float = Field(2.0, gt=0, description="distill: softmax temperature of the KL loss")
+    label_weight: float = Field(0.0, ge=0, description="distill: weight of cross-entropy on the pool's labels "
+                                "(samples labelled -1 are skipped)")
+    augment: bool = Field(True, description="distill: label-preserving augmentation by modality")
+    pool: list[Literal["calibration", "train"]] = Field(
+        default_factory=lambda: ["calibration"], min_length=1, description="distill: dataset splits to learn from")
     layers: list[str] | None = Field(None, description="fnmatch patterns of module names to compress (default all)")
     skip: list[str] = Field(default_factory=list, description="fnmatch patterns of module names to leave alone")
 
@@ -209,7 +231,38 @@ class CompressionStep(_Strict):
             raise ValueError("lowrank needs exactly one of energy, rank, param_ratio (and no sparsity)")
         if self.method == "prune" and (self.sparsity is None or rules):
             raise ValueError("prune needs sparsity in [0, 1) (and no energy/rank/param_ratio)")
+        structured = ("ratio", "ratios", "heads", "round_to")
+        if self.method == "structured":
+            if rules or self.sparsity is not None:
+                raise ValueError("structured takes ratio/ratios/heads (not energy/rank/param_ratio/sparsity)")
+            if not (self.ratio or self.ratios or self.heads):
+                raise ValueError("structured needs ratio, ratios or heads above 0")
+            for pattern, r in self.ratios.items():
+                if not 0 <= r < 1:
+                    raise ValueError(f"ratios['{pattern}'] must be in [0, 1) (1 would remove every channel), got {r}")
+        elif any(k in self.model_fields_set for k in structured + ("floor", "importance")):
+            raise ValueError("ratio/ratios/heads/floor/importance/round_to apply only to method structured")
+        distill = ("steps", "batch_size", "lr", "temperature", "label_weight", "augment", "pool")
+        if self.method == "distill":
+            if rules or self.sparsity is not None or self.layers is not None or self.skip:
+                raise ValueError("distill trains the whole compressed model; it takes steps, batch_size, lr, "
+                                 "temperature, label_weight, augment, pool")
+        elif any(k in self.model_fields_set for k in distill):
+            raise ValueError(f"{', '.join(distill)} apply only to method distill")
         return self
+
+    def label(self) -> str:
+        """What it does: a step -> a short human label ("structured 0.5 + heads 0.5", "lowrank energy 0.9")."""
+        if self.method == "lowrank":
+            rule = next(k for k in ("energy", "rank", "param_ratio") if getattr(self, k) is not None)
+            return f"lowrank {rule} {getattr(self, rule)}"
+        if self.method == "prune":
+            return f"prune {self.sparsity}"
+        if self.method == "structured":
+            parts = [f"structured {self.ratio}" if self.ratio else "structured"] + \
+                ([f"heads {self.heads}"] if self.heads else [])
+            return " + ".join(parts)
+        return f"distill {self.steps} steps"
 
 
 class ReleaseConfig(_Strict):
@@ -223,6 +276,10 @@ class ReleaseConfig(_Strict):
     compression: list[CompressionStep] = Field(
         default_factory=list, description="torch -> torch compression recipe applied in order after the model "
         "is loaded and before every export (the fp32 reference stays the uncompressed model)")
+    compression_study: dict[str, list[CompressionStep]] = Field(
+        default_factory=dict, description="named recipes built side by side with the release in the same build "
+        "(each through every fused target's export, verification and profile; no bundles): the release report's "
+        "compression table, next to an implicit uncompressed 'baseline'")
     gates: dict[str, Any] = Field(
         default_factory=dict, description="verification gates of this model, over every target profile's gates "
         "(same keys as a profile's gates; e.g. a real model's logits cosine differs from a tiny model's)")
@@ -237,6 +294,17 @@ class ReleaseConfig(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v)
+
+    @field_validator("compression_study")
+    @classmethod
+    def _study(cls, v: dict) -> dict:
+        for name, steps in v.items():
+            _check_name(name.replace("+", "_"))
+            if name == "baseline":
+                raise ValueError("'baseline' is the implicit uncompressed row; name your recipe otherwise")
+            if not steps:
+                raise ValueError(f"recipe '{name}' is empty (the uncompressed baseline is always built)")
+        return v
 
 
 # --------------------------------------------------------------------------- loading

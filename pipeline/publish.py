@@ -32,6 +32,31 @@ def resolved_config(state: BuildState) -> dict:
             "dataset_dir": str(state.plan.dataset_dir)}
 
 
+def study_index(state: BuildState) -> list[dict]:
+    """What it does: state.study -> one index entry per recipe: parameters, MACs (the baseline's from any recipe's
+    'before'), and per target its status, size, verification metrics and p50 latency."""
+    summaries = [e["compression"] for e in state.study.values() if e["compression"]]
+    out = []
+    for vname, e in state.study.items():
+        comp = e["compression"]
+        params = comp["parameters"] if comp else (summaries[0]["parameters_before"] if summaries else None)
+        macs = comp.get("macs") if comp else (summaries[0].get("macs_before") if summaries else None)
+        targets = {}
+        for tname, r in e["results"].items():
+            ver = r.verification.meta if r.verification else {}
+            lat = (r.latency() or {}).get("latency_ms") or {}
+            targets[tname] = {"format": r.plan.profile.format, "precision": r.plan.profile.precision,
+                              "status": r.status, "reasons": r.reasons,
+                              "size_bytes": model_size_bytes(r.model) if r.model is not None else None,
+                              "accuracy": ver.get("accuracy"), "accuracy_drop_pt": ver.get("accuracy_drop_pt"),
+                              "agreement": ver.get("agreement"), "p50_ms": lat.get("p50")}
+        distill = [s["layers"] for s in (comp or {}).get("steps", []) if s["method"] == "distill"]
+        out.append({"recipe": vname, "steps": e["recipe"], "parameters": params, "macs": macs,
+                    "zero_parameters": comp.get("zero_parameters") if comp else 0,
+                    "distill": distill[-1] if distill else None, "targets": targets})
+    return out
+
+
 def publish_release(state: BuildState, dist: Path) -> dict:
     """Write every passed target's bundle and the release index/report; returns the index."""
     release = state.plan.release
@@ -76,6 +101,8 @@ def publish_release(state: BuildState, dist: Path) -> dict:
              "eval_samples": state.reference.meta.get("samples"), "targets": entries,
              "stages": [{"stage": r.stage, "target": r.target, "cached": r.cached, "sha256": r.sha256}
                         for r in state.records]}
+    if state.study:
+        index["compression_study"] = study_index(state)
     _atomic_text(release_dir / "release.resolved.yaml", yaml.safe_dump(resolved_config(state), sort_keys=True))
     _atomic_text(release_dir / "report.html", report_html(index))
     tmp = release_dir / ".tmp-index.json"

@@ -97,6 +97,61 @@ def _latency_svg(entries: list[dict]) -> str:
     return "".join(parts)
 
 
+def _study_cells(recipe: dict, precision: str, formats: list[str], base: dict) -> list[str]:
+    cells = []
+    for fmt in formats:
+        t = next((t for t in recipe["targets"].values() if t["format"] == fmt and t["precision"] == precision), None)
+        b = base.get(fmt) or {}
+        if t is None or t["status"] != "passed" and t["accuracy"] is None:
+            cells += ["-", "-", "-", "-"] if t is None else [f"failed: {'; '.join(t['reasons'])[:80]}", "", "", ""]
+            continue
+        size = t["size_bytes"]
+        smaller = f" ({b['size_bytes'] / size:.1f}× smaller)" if size and b.get("size_bytes") else ""
+        p50, bp50 = t["p50_ms"], b.get("p50_ms")
+        cells += [f"{size / 1024:.1f}{smaller}" if size else "-",
+                  (f"{t['accuracy'] * 100:.2f}% ({t['accuracy_drop_pt']:+.2f})"
+                   + ("" if t["status"] == "passed" else ", gate failed")) if t["accuracy"] is not None else "-",
+                  f"{p50:.3f}" if p50 else "-", f"{bp50 / p50:.2f}×" if p50 and bp50 else "-"]
+    return cells
+
+
+def study_table(study: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """What it does: index.json's compression_study -> (header, rows) of the seed's table: one row per recipe and
+    precision; parameters, MACs, and per format size KiB (x smaller than the fp32 baseline), eval accuracy (drop
+    vs fp32 torch), 1-thread p50 ms and speed-up over the fp32 baseline of that format."""
+    formats = sorted({t["format"] for r in study for t in r["targets"].values()},
+                     key=lambda f: ["onnx", "openvino", "tflite"].index(f) if f in ("onnx", "openvino", "tflite")
+                     else 9)
+    base_recipe = next((r for r in study if r["recipe"] == "baseline"), study[0])
+    base = {t["format"]: t for t in base_recipe["targets"].values() if t["precision"] == "fp32"}
+    p0 = base_recipe["parameters"]
+    header = ["recipe", "steps", "precision", "parameters", "MACs"]
+    for fmt in formats:
+        header += [f"{fmt} KiB", f"{fmt} accuracy (drop pt)", f"{fmt} p50 ms", f"{fmt} speed-up"]
+    rows = []
+    for r in study:
+        for precision in ("fp32", "int8"):
+            if not any(t["precision"] == precision for t in r["targets"].values()):
+                continue
+            params = r["parameters"]
+            ratio = f" ({p0 / params:.1f}× fewer)" if params and p0 and params != p0 else ""
+            rows.append([r["recipe"], " → ".join(r["steps"]) or "none", precision,
+                         f"{params:,}{ratio}" if params else "-", f"{r['macs']:,}" if r.get("macs") else "-",
+                         *_study_cells(r, precision, formats, base)])
+    return header, rows
+
+
+def _study_html(study: list[dict] | None) -> str:
+    if not study:
+        return ""
+    header, rows = study_table(study)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return ("<h2>Compression study</h2><p>Every recipe built in this run from the same trained model; sizes and "
+            "speed-ups are against the uncompressed fp32 model of the same format; accuracy drop is against the "
+            f"fp32 torch model.</p><table><tr>{head}</tr>{body}</table>\n")
+
+
 def report_html(index: dict) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = []
@@ -120,7 +175,7 @@ tr.bad td:last-child{{color:#c00}}</style></head><body>
 <code>{html.escape(index['git_commit'])}</code>.</p>
 <table><tr>{head}</tr>{''.join(body)}</table>
 <h2>Failures</h2><ul>{reasons or '<li>none</li>'}</ul>
-{sens_html}<h2>Latency p50 per target (1 run of the agent, warm-up excluded)</h2>{_latency_svg(index['targets'])}
+{sens_html}{_study_html(index.get("compression_study"))}<h2>Latency p50 per target (1 run of the agent, warm-up excluded)</h2>{_latency_svg(index['targets'])}
 </body></html>
 """
 

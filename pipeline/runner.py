@@ -79,6 +79,8 @@ class BuildState:
     component_wiring: dict | None = None  # {"order": [...], "feeds_from": {...}, "iospecs": {...}} for bundles
     targets: list[TargetResult] = field(default_factory=list)
     records: list[StageRecord] = field(default_factory=list)
+    # compression_study: recipe name -> {"recipe", "compression" (summary or None), "results": {target: TargetResult}}
+    study: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -158,8 +160,9 @@ class Runner:
         for split in ("eval", "calibration"):
             dataset.split(split)  # preprocessing errors (shapes, fields) surface here
         state = BuildState(plan=plan, iospec=iospec, dataset=dataset)
-        if plan.release.compression:
-            self.check_recipe(factory, plan)
+        for steps in [plan.release.compression] + list(plan.release.compression_study.values()):
+            if steps:
+                self.check_recipe(factory, plan, iospec, dataset, steps)
         for tp in plan.targets:
             result = TargetResult(plan=tp)
             if tp.profile.precision == "int8":
@@ -169,15 +172,21 @@ class Runner:
         return state
 
     @staticmethod
-    def check_recipe(factory, plan: Plan) -> None:
-        """What it does: the compression recipe dry-run on an untrained model of the same architecture -> a
-        ConfigError (exit 2) for a layer pattern that matches nothing or a rank a layer cannot have, before any
-        stage runs."""
-        from .compress.stage import run_recipe
+    def check_recipe(factory, plan: Plan, iospec, dataset, steps) -> None:
+        """What it does: the compression recipe dry-run on an untrained model of the same architecture (dummy
+        inputs of the IOSpec's shapes) -> a ConfigError (exit 2) for a layer pattern that matches nothing, a rank a
+        layer cannot have, a ratio that empties a layer or changes an output, or a distillation pool the dataset
+        lacks, before any stage runs."""
+        from .compress.stage import recipe_data, run_recipe
+        from .data import split_path
 
+        for step in steps:
+            for split in step.pool if step.method == "distill" else ():
+                if not split_path(dataset.root, split).is_file():
+                    raise ConfigError(f"compression: distill pool '{split}' needs {dataset.root}/{split}.npz")
         module = _factory_call(factory, "construct", plan.release.model.params)
         try:
-            run_recipe(module, plan.release.compression)
+            run_recipe(module, steps, recipe_data(iospec))
         except ConfigError as err:
             raise ConfigError(f"compression: {err}") from err
 
@@ -193,10 +202,10 @@ class Runner:
 
     def run_stage(self, state: BuildState, name: str, artifact: Artifact | None, target: str = "*",
                   profile=None, calibration: CalibrationSet | None = None,
-                  deps: dict[str, Artifact] | None = None, component: str = "model") -> Artifact:
+                  deps: dict[str, Artifact] | None = None, component: str = "model", release=None) -> Artifact:
         stage = get_stage(name)
         iospec = state.iospec if component == "model" else state.components[component].iospec
-        ctx = StageContext(release=state.plan.release, base_dir=state.plan.base_dir, iospec=iospec,
+        ctx = StageContext(release=release or state.plan.release, base_dir=state.plan.base_dir, iospec=iospec,
                            dataset=state.dataset, progress=self.progress, target=profile, calibration=calibration,
                            deps=dict(deps or {}), stage=stage, component=component,
                            example=None if component == "model" else self.component_example(state, component),
@@ -241,7 +250,41 @@ class Runner:
                 self.run_components_target(state, result)
             else:
                 self.run_target(state, result)
+        if state.plan.release.compression_study:
+            self.run_study(state)
         return state
+
+    def run_study(self, state: BuildState) -> None:
+        """What it does: the release's compression_study -> per recipe (and the uncompressed baseline) the
+        compressed model and, for every fused target, its export, verification and profile (cached stages, no
+        bundles, no sensitivity fallback): state.study, the report's compression table."""
+        release = state.plan.release
+        load = state.torch_lineage[0]
+        keep = state.torch_model, state.torch_lineage
+        recipes = {"baseline": []} | dict(release.compression_study)
+        try:
+            for vname, steps in recipes.items():
+                art = load
+                if steps:
+                    art = self.run_stage(state, "compress", load, f"study {vname}",
+                                         release=release.model_copy(update={"compression": steps}))
+                state.torch_model, state.torch_lineage = art, [load] + ([art] if steps else [])
+                entry = {"recipe": [s.label() for s in steps], "compression": art.meta.get("compression"),
+                         "results": {}}
+                for tp in state.plan.targets:
+                    if tp.export == "components":
+                        continue
+                    result = TargetResult(plan=tp)
+                    with _target_failures(result):
+                        self.run_chain(state, result, tp.profile, label=f"{tp.name}@{vname}")
+                        if release.profile:
+                            result.profile = self.run_stage(state, "profile", result.model, f"{tp.name}@{vname}",
+                                                            tp.profile, deps={"verification": result.verification})
+                        result.status = "failed" if result.reasons else "passed"
+                    entry["results"][tp.name] = result
+                state.study[vname] = entry
+        finally:
+            state.torch_model, state.torch_lineage = keep
 
     def prepare_components(self, state: BuildState) -> None:
         """What it does: trained torch artifact -> state.components (checked torch views), their wiring, and the

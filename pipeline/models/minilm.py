@@ -72,18 +72,23 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(HIDDEN, HIDDEN)
         self.value = nn.Linear(HIDDEN, HIDDEN)
         self.head_dim = HIDDEN // HEADS
+        self.heads = HEADS  # fewer after structured head pruning (edgepipe_resync recomputes it from the shapes)
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
+    def edgepipe_resync(self) -> None:
+        """After structured pruning resized the q/k/v layers: the head count from their width."""
+        self.heads = self.query.out_features // self.head_dim
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """[N,L,384] -> [N,12,L,32]."""
-        return x.reshape(x.shape[0], x.shape[1], HEADS, self.head_dim).transpose(1, 2)
+        """[N,L,heads*32] -> [N,heads,L,32]."""
+        return x.reshape(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
         """Context vectors [N,L,384]; key_bias [N,1,1,L] is 0 on real tokens and MASK_BIAS on padding."""
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         scores = torch.matmul(q * self.scale, k.transpose(-1, -2)) + key_bias
         ctx = torch.matmul(scores.softmax(dim=-1), v)
-        return ctx.transpose(1, 2).reshape(x.shape[0], x.shape[1], HIDDEN)
+        return ctx.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.heads * self.head_dim)
 
 
 class DenseLayerNorm(nn.Module):
@@ -106,6 +111,12 @@ class Attention(nn.Module):
         super().__init__()
         self.self = SelfAttention()
         self.output = DenseLayerNorm(HIDDEN)
+
+    def edgepipe_attention(self) -> dict:
+        """Where the heads live, for structured head pruning (pipeline/compress/structured.py)."""
+        s = self.self
+        return {"head_dim": s.head_dim, "heads": s.heads, "rows": [(s.query, 0), (s.key, 0), (s.value, 0)],
+                "out": self.output.dense}
 
     def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
         """Attention sub-block output [N,L,384]."""

@@ -193,6 +193,17 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
+    def edgepipe_attention(self) -> dict:
+        """Where the heads live, for structured head pruning (pipeline/compress/structured.py): q, k and v are
+        row blocks of one fused Linear."""
+        d = self.dim
+        return {"head_dim": self.head_dim, "heads": d // self.head_dim,
+                "rows": [(self.qkv, 0), (self.qkv, d), (self.qkv, 2 * d)], "out": self.out}
+
+    def edgepipe_resync(self) -> None:
+        """After head pruning: the attention width (no longer the model width) from the fused q/k/v layer."""
+        self.dim = self.qkv.out_features // 3
+
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
         d, hd = self.dim, self.head_dim
