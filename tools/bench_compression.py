@@ -1,0 +1,109 @@
+"""Benchmark the compression trunk on the tiny multimodal reference model: the seed's table, from one build ->
+BENCHMARKS.md section.
+
+One run builds `examples/tiny-mm-compression.yaml` (its shipped recipe plus every recipe of its
+`compression_study`, each through the six host targets: export, int8 calibration, verification against the fp32
+torch model and the agent's 1-thread profile), in a fresh cache unless --cache-dir is given, and writes the same
+table the release report shows: parameters, MACs, file size per format, eval accuracy and drop, p50 and speed-up
+over the uncompressed fp32 model of the same format.
+
+    python tools/bench_compression.py [--config examples/tiny-mm-compression.yaml] [--cache-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.cache import Cache  # noqa: E402
+from pipeline.config import load_release  # noqa: E402
+from pipeline.plan import make_plan  # noqa: E402
+from pipeline.progress import Progress  # noqa: E402
+from pipeline.publish import study_index  # noqa: E402
+from pipeline.report import study_table  # noqa: E402
+from pipeline.runner import Runner  # noqa: E402
+from tools.bench_formats import cpu_model, write_section  # noqa: E402
+
+MARKS = ("<!-- bench_compression:start -->", "<!-- bench_compression:end -->")
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """What it does: (header, rows) -> a GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def goals(study: list[dict]) -> list[str]:
+    """What it does: the study -> the issue's goal lines, computed from the table's own numbers: for every
+    recovered recipe and format, x smaller and x faster than fp32 and the drop, and the best that meets <= 1 pt."""
+    base = {t["format"]: t for t in study[0]["targets"].values() if t["precision"] == "fp32"}
+    best = []
+    for r in study:
+        for t in r["targets"].values():
+            b = base.get(t["format"])
+            if not (b and t["size_bytes"] and t["p50_ms"] and t["accuracy_drop_pt"] is not None):
+                continue
+            best.append((b["size_bytes"] / t["size_bytes"], b["p50_ms"] / t["p50_ms"], t["accuracy_drop_pt"],
+                         r["recipe"], t["format"], t["precision"]))
+    ok = [x for x in best if x[2] <= 1.0]
+    smallest = max(ok, key=lambda x: x[0]) if ok else None
+    fastest = max(ok, key=lambda x: x[1]) if ok else None
+    out = []
+    if smallest:
+        out.append(f"- smallest within 1 pt: **{smallest[0]:.1f}× smaller** than fp32 ({smallest[3]}, "
+                   f"{smallest[4]} {smallest[5]}, drop {smallest[2]:+.2f} pt, {smallest[1]:.2f}× faster); goal ≥ 8×")
+    if fastest:
+        out.append(f"- fastest within 1 pt: **{fastest[1]:.2f}× faster** at 1 thread ({fastest[3]}, {fastest[4]} "
+                   f"{fastest[5]}, drop {fastest[2]:+.2f} pt, {fastest[0]:.1f}× smaller); goal ≥ 4×")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "examples" / "tiny-mm-compression.yaml")
+    ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="default: a fresh temp dir")
+    ap.add_argument("--json", type=Path, default=None, help="also write the study entries as JSON here")
+    args = ap.parse_args()
+    start = time.time()
+    cfg, base = load_release(args.config)
+    with tempfile.TemporaryDirectory(prefix="edgepipe-bench-") as tmp:
+        runner = Runner(Cache(args.cache_dir or Path(tmp)), Progress(enabled=False), log=lambda m: None)
+        state = runner.run(make_plan(cfg, base))
+        study = study_index(state)
+    if args.json:
+        args.json.write_text(json.dumps(study, indent=1))
+    header, rows = study_table(study)
+    params = study[0]["parameters"]
+    shown = args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config
+    body = "\n".join([
+        "## Compression: the seed's table on the tiny multimodal reference model (`tools/bench_compression.py`)",
+        "",
+        f"One run of `python tools/bench_compression.py` ({shown}) on "
+        f"{time.strftime('%Y-%m-%d')}, {cpu_model()}, {platform.machine()}, Python {platform.python_version()}; "
+        f"{time.time() - start:.0f} s in all, fresh cache. Every recipe is applied to the same trained model "
+        f"({params:,} parameters) and goes through all six host targets; accuracy is on the 600 held-out eval "
+        "samples, its drop against the fp32 torch model; size ratios and speed-ups are against the uncompressed "
+        "fp32 file of the same format; p50 is the agent's median over 200 runs at 1 thread, batch 1. MACs count "
+        "Conv/Linear layers (torch-pruning's counter). `+kd` = distillation from the uncompressed model "
+        "(800 steps, calibration + train pools, labels weighted 0.5). \"gate failed\" marks rows outside the "
+        "release gates (drop ≤ 1.5 pt, agreement ≥ 0.97, cosine ≥ 0.95).",
+        "",
+        *goals(study),
+        "",
+        markdown(header, rows),
+    ])
+    write_section(args.out, body, MARKS)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
