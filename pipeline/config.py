@@ -198,6 +198,11 @@ class CompressionStep(_Strict):
     rank: int | None = Field(None, ge=1, description="lowrank: the same rank for every chosen layer")
     param_ratio: float | None = Field(None, gt=0, lt=1, description="lowrank: factors hold at most this share of "
                                       "each layer's weights")
+    min_cosine: float | None = Field(None, gt=0, le=1, description="lowrank: per-layer sensitivity scan on the "
+                                     "calibration pool; each layer gets the smallest scanned rank whose model "
+                                     "outputs keep this cosine to the unfactorized model's")
+    samples: int = Field(64, ge=1, le=4096, description="lowrank min_cosine / structured taylor: calibration "
+                         "samples the scan or the gradients use")
     sparsity: float | None = Field(None, ge=0, lt=1, description="prune: share of the chosen weights set to zero")
     scope: Literal["global", "layer"] = Field("global", description="prune/structured: one ranking over all chosen "
                                               "layers, or the same share per layer")
@@ -226,11 +231,11 @@ class CompressionStep(_Strict):
 
     @model_validator(mode="after")
     def _settings_fit_method(self):
-        rules = [k for k in ("energy", "rank", "param_ratio") if getattr(self, k) is not None]
+        rules = [k for k in ("energy", "rank", "param_ratio", "min_cosine") if getattr(self, k) is not None]
         if self.method == "lowrank" and (len(rules) != 1 or self.sparsity is not None):
-            raise ValueError("lowrank needs exactly one of energy, rank, param_ratio (and no sparsity)")
+            raise ValueError("lowrank needs exactly one of energy, rank, param_ratio, min_cosine (and no sparsity)")
         if self.method == "prune" and (self.sparsity is None or rules):
-            raise ValueError("prune needs sparsity in [0, 1) (and no energy/rank/param_ratio)")
+            raise ValueError("prune needs sparsity in [0, 1) (and no energy/rank/param_ratio/min_cosine)")
         structured = ("ratio", "ratios", "heads", "round_to")
         if self.method == "structured":
             if rules or self.sparsity is not None:
@@ -242,6 +247,9 @@ class CompressionStep(_Strict):
                     raise ValueError(f"ratios['{pattern}'] must be in [0, 1) (1 would remove every channel), got {r}")
         elif any(k in self.model_fields_set for k in structured + ("floor", "importance")):
             raise ValueError("ratio/ratios/heads/floor/importance/round_to apply only to method structured")
+        if "samples" in self.model_fields_set and self.min_cosine is None and not (
+                self.method == "structured" and self.importance == "taylor"):
+            raise ValueError("samples applies only to lowrank min_cosine and structured importance taylor")
         distill = ("steps", "batch_size", "lr", "temperature", "label_weight", "augment", "pool")
         if self.method == "distill":
             if rules or self.sparsity is not None or self.layers is not None or self.skip:
@@ -254,7 +262,7 @@ class CompressionStep(_Strict):
     def label(self) -> str:
         """What it does: a step -> a short human label ("structured 0.5 + heads 0.5", "lowrank energy 0.9")."""
         if self.method == "lowrank":
-            rule = next(k for k in ("energy", "rank", "param_ratio") if getattr(self, k) is not None)
+            rule = next(k for k in ("energy", "rank", "param_ratio", "min_cosine") if getattr(self, k) is not None)
             return f"lowrank {rule} {getattr(self, rule)}"
         if self.method == "prune":
             return f"prune {self.sparsity}"

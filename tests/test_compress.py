@@ -3,6 +3,7 @@ keeps, leaves layers alone where it would not save parameters, and refuses bad s
 sparsity, zeros shrink the zipped file, not the dense one."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -178,3 +179,31 @@ def test_a_recipe_that_matches_no_layer_is_a_config_error_before_anything_runs(t
     cfg = write_release(tmp_path / "r3.yaml", compression=[{"method": "lowrank", "rank": 65, "layers": ["head.0"]}])
     proc = run_cli(["build", str(cfg), "--no-progress"], tmp_path)
     assert proc.returncode == 2 and "larger than" in proc.stderr
+
+
+def test_lowrank_sensitivity_scan_keeps_each_layer_above_the_cosine_floor():
+    """min_cosine: each chosen layer, factorized alone at its chosen rank, keeps the model outputs at or above the
+    floor on the scan batches; a stricter floor never picks a smaller rank; the report carries the cosine."""
+    from pipeline.compress.lowrank import _cosine, _run, scan_ranks
+    from pipeline.models.tiny import TinyMultimodalNet, parse_params
+
+    torch.manual_seed(0)
+    net = TinyMultimodalNet(parse_params({})).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 3, 24, 24, generator=g), torch.randint(2, 70, (8, 16), generator=g),
+                torch.randn(8, 512, generator=g))]
+    names = ["head.0", "image.features.1.0", "image.features.2.0", "audio.features.1.0"]
+    loose = scan_ranks(net, names, batches, 0.95)  # an untrained model: flat spectra, so a loose floor
+    strict = scan_ranks(net, names, batches, 0.999)
+    ref = _run(net, batches)
+    for n in names:
+        r, cos = loose[n]
+        assert r is not None and cos >= 0.95
+        assert strict[n][0] is None or strict[n][0] >= r
+        single = copy.deepcopy(net)
+        apply_lowrank(single, rank=r, layers=[n])
+        assert _cosine(ref, _run(single, batches)) == pytest.approx(cos, abs=1e-9)
+    assert any(strict[n][0] is None or strict[n][0] > loose[n][0] for n in names)
+    report = apply_lowrank(net, min_cosine=0.95, layers=names, batches=batches)
+    assert {row["name"]: row["rank"] for row in report} == {n: loose[n][0] for n in names}
+    assert all(row["scan_cosine"] >= 0.95 for row in report)

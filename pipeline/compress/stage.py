@@ -8,7 +8,7 @@ stage's input), so every export inherits the recovered weights."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,7 +31,10 @@ class RecipeData:
     teacher: object = None
     progress: object = None
     seed: int = 0
-    batches: list = field(default_factory=list)
+
+    def batches(self, n: int = 64, batch: int = 16) -> list[tuple] | None:
+        """What it does: the first n pool samples -> batches of torch inputs; None in the config dry run."""
+        return None if self.pool is None else self.taylor_batches(n, batch)
 
     def taylor_batches(self, n: int = 64, batch: int = 16) -> list[tuple]:
         """What it does: the first n pool samples (or the example alone) -> batches of torch inputs."""
@@ -82,7 +85,8 @@ def run_recipe(module, steps, data: RecipeData) -> tuple[list[dict], list[list]]
     for i, step in enumerate(steps):
         if step.method == "lowrank":
             report = apply_lowrank(module, energy=step.energy, rank=step.rank, param_ratio=step.param_ratio,
-                                   layers=step.layers, skip=step.skip)
+                                   layers=step.layers, skip=step.skip, min_cosine=step.min_cosine,
+                                   batches=data.batches(step.samples), progress=data.progress)
             structure += [[row["name"], row["rank"]] for row in report if row["rank"] is not None]
         elif step.method == "prune":
             report = magnitude_prune(module, step.sparsity, scope=step.scope, layers=step.layers, skip=step.skip)
@@ -93,7 +97,7 @@ def run_recipe(module, steps, data: RecipeData) -> tuple[list[dict], list[list]]
             report = structured_prune(module, data.example, ratio=step.ratio or 0.0, scope=step.scope,
                                       importance=step.importance, floor=step.floor, ratios=step.ratios,
                                       heads=step.heads, layers=step.layers, skip=step.skip, round_to=step.round_to,
-                                      data=data.taylor_batches() if step.importance == "taylor" else None)
+                                      data=data.taylor_batches(step.samples) if step.importance == "taylor" else None)
             structure.append(["@shapes", shapes_changed(before, module)])
         else:
             if data.teacher is None:  # the config dry run: settings were checked by the config model
@@ -141,7 +145,8 @@ class Compress(Stage):
 
     def config(self, ctx: StageContext) -> dict:
         cfg = {"recipe": [s.model_dump(mode="json") for s in ctx.release.compression], "seed": ctx.release.seed}
-        if any(s.method == "distill" or s.importance == "taylor" for s in ctx.release.compression):
+        if any(s.method == "distill" or s.importance == "taylor" or s.min_cosine is not None
+               for s in ctx.release.compression):
             splits = sorted({p for s in ctx.release.compression for p in s.pool} | {"calibration", "eval"})
             cfg["data"] = {s: ctx.dataset.split_fingerprint(s) for s in splits}
         return cfg
