@@ -178,3 +178,36 @@ def test_build_publishes_openvino_bundles_that_verify(tmp_path):
         assert manifest["verification"]["runtime"]["name"] == "openvino"
         check = run_cli(["verify", str(dist / f"{target}.tar.gz")], tmp_path)
         assert check.returncode == 0 and "golden vectors" in check.stdout, check.stdout + check.stderr
+
+
+def _agreement(a, b, state) -> float:
+    """Top-1 agreement of two OpenVINO IRs over the eval split, run as the agent runs them (CPU, one thread)."""
+    sessions = [open_model(str(art.main_file), "openvino", 1) for art in (a, b)]
+    split = state.dataset.split("eval")
+    top = [[int(np.argmax(s.run(split.sample(i))["logits"])) for i in range(len(split))] for s in sessions]
+    return float(np.mean(np.equal(*top)))
+
+
+def test_int8_of_lowrank_factorized_linears_agrees_with_fp32(ov_models):
+    """Regression: the first half of a factorized Linear (a bias-less MatMul straight into another MatMul) with
+    per-channel int8 weights made the CPU plugin's Snippets MLP-sequence Subgraph compute garbage (tiny model with
+    the head factorized: accuracy 10 %, constant logits). Those MatMuls now stay float, and nothing else does."""
+    import openvino as ov
+
+    from pipeline.config import CompressionStep
+    from pipeline.export.openvino import snippets_mlp_hazards
+
+    runner, state, profile, _, plain_fp32, _ = ov_models
+    assert snippets_mlp_hazards(ov.Core().read_model(str(plain_fp32.main_file))) == []  # no Linear pairs: no change
+    step = CompressionStep.model_validate({"method": "lowrank", "energy": 0.9, "layers": ["head.*"]})
+    release = state.plan.release.model_copy(update={"compression": [step]})
+    torch_art = runner.run_stage(state, "compress", state.torch_model, "lowrank", release=release)
+    onnx = runner.run_stage(state, "export_onnx", torch_art, profile.name, profile)
+    fp32 = runner.run_stage(state, "convert_openvino", onnx, profile.name, profile)
+    int8 = runner.run_stage(state, "quantize_openvino", fp32, profile.name, profile,
+                            calibration_for(runner, state, profile))
+    assert np.abs(_run_once(int8, state)).max() < 1e3  # the broken kernel gave |logits| ~1e5..1e30
+    assert _agreement(int8, fp32, state) >= 0.95
+    first_halves = ["/head/head.0/head.0.0/MatMul", "/head/head.2/head.2.0/MatMul"]
+    assert int8.meta["runtime_workaround_float_nodes"] == first_halves
+    assert set(first_halves) <= set(int8.meta["kept_float_nodes"]) and int8.meta["quantized_weights"]

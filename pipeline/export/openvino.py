@@ -145,6 +145,65 @@ def _keep_float_scope(model, patterns: list[str]) -> tuple[list[str], list[str],
     return sorted(set(names)), sorted(set(types)), sorted(set(kept))
 
 
+# OpenVINO CPU plugin (seen with 2026.4.1) bug, found on low-rank factorized Linear layers: its Snippets pass
+# TokenizeMLPSeqSnippets fuses a static rank<=2 chain MatMul(const weights) -> [elementwise/FakeQuantize]* ->
+# MatMul(const weights) -> ... into one "Subgraph" kernel, and that kernel computes garbage (1e5..1e30, constant
+# logits) when the first MatMul has per-channel int8 weights and no bias: LPT folds its per-channel dequantization
+# scale into the next FakeQuantize (per-channel input ranges, per-tensor output ranges), which the Subgraph
+# mishandles. The IR itself is right: the same IR run with SNIPPETS_MODE=DISABLE, with an extra output inside the
+# chain, or emulated in numpy matches the fp32 IR. A bias Add after the MatMul, per-tensor weights or a float
+# first MatMul are all computed correctly, so those MatMuls are kept float (NNCF ignored scope). That cures the
+# IR itself, for every consumer: IR runtime_options cannot switch Snippets off (the CPU plugin ignores it there).
+# Ops the tokenizer may put between two MatMuls of one chain (elementwise, FakeQuantize, Convert, Softmax).
+_MLP_CHAIN_OPS = frozenset((
+    "Abs", "Add", "Clamp", "Convert", "Divide", "Elu", "Erf", "Exp", "FakeQuantize", "Floor", "Gelu", "HSigmoid",
+    "HSwish", "Maximum", "Minimum", "Mish", "Multiply", "Negative", "Power", "PRelu", "Relu", "Round", "Sigmoid",
+    "Softmax", "SoftPlus", "Sqrt", "SquaredDifference", "Subtract", "Swish", "Tanh"))
+
+
+def _from_constant(node, port: int) -> bool:
+    """Input `port` of `node` is a Constant, possibly through Converts (fp16-compressed weights)."""
+    src = node.input_value(port).get_node()
+    while src.get_type_name() == "Convert":
+        src = src.input_value(0).get_node()
+    return src.get_type_name() == "Constant"
+
+
+def _consumers(node) -> list:
+    return [t.get_node() for t in node.output(0).get_target_inputs()]
+
+
+def _is_weight_matmul(node) -> bool:
+    """A MatMul the MLP-sequence tokenizer takes: constant weights, no transposed A, static rank <= 2 inputs."""
+    if node.get_type_name() != "MatMul" or node.get_attributes().get("transpose_a") or not _from_constant(node, 1):
+        return False
+    shapes = [node.get_input_partial_shape(i) for i in (0, 1)]
+    return all(s.rank.is_static and s.rank.get_length() <= 2 for s in shapes)
+
+
+def snippets_mlp_hazards(model) -> list[str]:
+    """What it does: an fp32 ov.Model -> the names of the MatMuls that int8 would put at risk of the CPU Snippets
+    MLP-sequence bug above: a bias-less MatMul with constant weights whose single-consumer chain of elementwise
+    ops reaches another such MatMul (a low-rank factorized Linear's first half is exactly that)."""
+    hazards = []
+    for op in model.get_ordered_ops():
+        if not _is_weight_matmul(op):
+            continue
+        nxt = _consumers(op)
+        biased = nxt and nxt[0].get_type_name() == "Add" and any(_from_constant(nxt[0], i) for i in (0, 1))
+        if len(nxt) != 1 or biased:
+            continue  # several consumers: not one chain; a bias Add: computed correctly
+        node = nxt[0]
+        while not _is_weight_matmul(node):
+            following = _consumers(node)
+            if node.get_type_name() not in _MLP_CHAIN_OPS or len(following) != 1:
+                break
+            node = following[0]
+        else:
+            hazards.append(op.get_friendly_name())
+    return hazards
+
+
 class _Feeds:
     """The calibration set as NNCF data: batch-1 {ov input name: array} dicts, advancing our own progress bar."""
 
@@ -233,7 +292,7 @@ def _nncf_settings(nncf, q, samples: int) -> tuple[dict, dict]:
 
 class QuantizeOpenvino(Stage):
     name = "quantize_openvino"
-    version = 1
+    version = 2  # 2: bias-less MatMuls chained into another MatMul stay float (snippets_mlp_hazards)
     consumes = ("openvino",)
     produces = "openvino"
     needs_calibration = True
@@ -259,6 +318,10 @@ class QuantizeOpenvino(Stage):
                                            [op.get_friendly_name() for op in model.get_ordered_ops()],
                                            [op.get_type_name() for op in model.get_ordered_ops()])
         names, types, kept = _keep_float_scope(model, patterns)
+        # Not model.keep_float: a runtime workaround, recorded on its own (and in kept_float_nodes, as they are float).
+        hazards = [n for n in snippets_mlp_hazards(model) if n not in names and "MatMul" not in types]
+        if hazards:
+            names, kept = sorted(set(names) | set(hazards)), sorted(set(kept) | set(hazards))
         if ctx.target.calibration.method == "toolchain_default":
             # Baseline for benchmarks: nncf.quantize exactly as a user calls it without settings.
             kwargs, record = {"subset_size": len(calib)}, {"nncf_defaults": True, "subset_size": len(calib)}
@@ -277,6 +340,7 @@ class QuantizeOpenvino(Stage):
         ops = op_histogram(saved)
         meta = {"ops": ops, "nodes": len(saved.get_ordered_ops()), "compress_to_fp16": False,
                 "kept_float_nodes": kept, "ignored_scope": {"names": names, "types": types},
+                "runtime_workaround_float_nodes": hazards,
                 "nncf": record, "int8_weight_constants": int8_constants(saved),
                 "quantized_weights": int8_constants(saved) > 0,
                 "calibration": {"method": ctx.target.calibration.method, "tool": "nncf", "samples": len(calib)}}
