@@ -184,6 +184,11 @@ class Runner:
             for split in step.pool if step.method == "distill" else ():
                 if not split_path(dataset.root, split).is_file():
                     raise ConfigError(f"compression: distill pool '{split}' needs {dataset.root}/{split}.npz")
+            if step.method == "distill" and step.label_weight > 0:
+                labels = [dataset.split(split).labels for split in step.pool]
+                if not any(lab is not None and (lab >= 0).any() for lab in labels):
+                    raise ConfigError(f"compression: distill label_weight {step.label_weight} needs labels, and the "
+                                      f"pool {', '.join(step.pool)} has none")
         module = _factory_call(factory, "construct", plan.release.model.params)
         try:
             run_recipe(module, steps, recipe_data(iospec))

@@ -210,3 +210,22 @@ def test_bad_structured_recipes_are_config_errors_before_anything_runs(tmp_path)
         proc = run_cli(["build", str(cfg), "--no-progress"], tmp_path)
         assert proc.returncode == 2 and match in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert not (tmp_path / "dist").exists()
+
+
+def test_distill_with_label_weight_on_an_unlabelled_pool_is_refused_before_any_stage(tmp_path):
+    """The dry run checks the pool has labels when label_weight > 0 (the stage would fail only after load)."""
+    from types import SimpleNamespace
+
+    from pipeline.config import CompressionStep
+    from pipeline.models.tiny import TinyMultimodal
+    from pipeline.runner import Runner
+
+    (tmp_path / "calibration.npz").write_bytes(b"")
+    unlabelled = SimpleNamespace(root=tmp_path, split=lambda name: SimpleNamespace(labels=None))
+    plan = SimpleNamespace(release=SimpleNamespace(model=SimpleNamespace(params={})))
+    step = CompressionStep(method="distill", label_weight=0.5)
+    factory = TinyMultimodal()
+    with pytest.raises(ConfigError, match="needs labels"):
+        Runner.check_recipe(factory, plan, factory.iospec({}), unlabelled, [step])
+    labelled = SimpleNamespace(root=tmp_path, split=lambda name: SimpleNamespace(labels=torch.tensor([-1, 2]).numpy()))
+    Runner.check_recipe(factory, plan, factory.iospec({}), labelled, [step])
