@@ -138,7 +138,28 @@ def test_minilm_heads_and_ffn_units_are_removed_and_the_embedding_width_stays():
     for layer in net.encoder.layer:
         assert layer.attention.self.heads == 6 and layer.attention.self.query.out_features == 192
         assert layer.intermediate.dense.out_features == 768 and layer.output.dense.in_features == 768
+        assert layer.output.LayerNorm.normalized_shape == (384,)  # the residual stream is the output: kept
     assert net(*ex).shape == (2, 384)
+
+
+def test_transformer_residual_width_shrinks_with_every_layernorm_embedding_and_projection():
+    """The tiny transformer's residual stream feeds a projection, not an output: pruned with it go the token and
+    position embeddings, every LayerNorm, q/k/v inputs, the attention and FFN output rows and the pooled
+    projection's inputs, while each head keeps its width."""
+    net, ex = _tiny(text_tower="transformer"), _example()
+    before = shapes_of(net)
+    structured_prune(net, ex, ratio=0.5, scope="layer", layers=["text.*"])
+    text = net.text
+    assert text.embed.weight.shape == (74, 16) and text.pos.shape == (16, 16) and text.norm.normalized_shape == (16,)
+    for layer in text.layers:
+        assert layer.norm1.normalized_shape == layer.norm2.normalized_shape == (16,)
+        assert tuple(layer.qkv.weight.shape) == (96, 16) and tuple(layer.out.weight.shape) == (16, 32)
+        assert tuple(layer.ffn[0].weight.shape) == (32, 16) and tuple(layer.ffn[2].weight.shape) == (16, 32)
+    assert text.proj.in_features == 16 and net(*ex).shape == (4, 4)
+    fresh = _tiny(text_tower="transformer")
+    resize_to(fresh, shapes_changed(before, net))
+    fresh.load_state_dict(net.state_dict(), strict=True)
+    torch.testing.assert_close(fresh.eval()(*ex), net(*ex))
 
 
 # --------------------------------------------------------------------------- in a build

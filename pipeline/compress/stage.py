@@ -137,7 +137,7 @@ def replay_structure(module, structure: list[list]) -> None:
 
 class Compress(Stage):
     name = "compress"
-    version = 2
+    version = 3  # 3: transformer residual width pruned with its LayerNorms
     consumes = ("torch",)
     produces = "torch"
     requires = ("torch",)

@@ -9,11 +9,13 @@ Two parts:
   or one global ranking with a per-layer floor.
 - attention heads: a module that declares `edgepipe_attention()` (where q/k/v rows and the output projection's
   columns of each head live) loses whole heads, ranked by the same criterion over those rows and columns; its
-  `edgepipe_resync()` then recomputes the head count. Those projections are never channel-pruned (the residual
-  stream width and each head's width stay as trained).
+  `edgepipe_resync()` then recomputes the head count. q/k/v rows are never channel roots (each kept head keeps
+  its width); the residual stream (embeddings, every LayerNorm, q/k/v inputs, attention and FFN output rows) is
+  pruned as one group like any other, unless it reaches a model output (MiniLM's pooled embedding is its residual
+  stream: kept).
 
-Model outputs keep their shape: a layer whose output is a model output is never a pruning root, and a recipe that
-would still change an output (or break the forward) is a ConfigError, found by the dry run before any stage.
+Model outputs keep their shape: a group whose channels reach a model output is never pruned, and a recipe that would
+still change an output (or break the forward) is a ConfigError, found by the dry run before any stage.
 `shapes_changed` / `resize_to` record and replay the new shapes, so a compressed artifact reloads (load.py).
 """
 from __future__ import annotations
@@ -198,8 +200,14 @@ def structured_prune(model: nn.Module, example: tuple, ratio: float = 0.0, scope
             if callable(getattr(m, "edgepipe_resync", None)):
                 m.edgepipe_resync()
 
-    attn = {id(layer) for _, b in blocks for d in [b.edgepipe_attention()]
-            for layer in [x for x, _ in d["rows"]] + [d["out"]]}
+    if importance == "taylor" and head_report:  # heads removed: fresh gradients for the resized layers
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            for batch in data:
+                _self_loss(_outputs(model(*batch))).backward()
+    # q/k/v rows are never channel roots (their widths are heads, handled above); the output projection may lose
+    # rows with the residual stream it writes to (LayerNorm widths follow), never its head columns.
+    attn = {id(layer) for _, b in blocks for d in [b.edgepipe_attention()] for layer, _ in d["rows"]}
     ignored = [m for n, m in model.named_modules() if n in names
                and (n not in chosen or n in protected or id(m) in attn)]
     ratio_dict = {modules[n]: min(v, 1 - floor) for pattern, v in ratios.items() for n in names
@@ -233,6 +241,7 @@ def _channel_prune(model, example, crit, ignored, ratio, ratio_dict, scope, floo
     import torch_pruning as tp
 
     try:
+        ignored = ignored + _output_coupled(model, example, ignored)
         if scope == "global" and ratio > 0:
             ratio_dict = _global_ratios(model, example, crit, ignored, ratio, floor) | ratio_dict
             ratio = 0.0
@@ -246,6 +255,20 @@ def _channel_prune(model, example, crit, ignored, ratio, ratio_dict, scope, floo
     except Exception as err:
         raise ConfigError(f"structured pruning cannot follow this model's graph ({type(err).__name__}: {err})"
                           ) from err
+
+
+def _output_coupled(model: nn.Module, example: tuple, ignored: list) -> list[nn.Module]:
+    """What it does: the layers whose channels reach a model output through the dependency graph (e.g. a
+    transformer's residual stream that is mean-pooled into the embedding): pruning them would change an output."""
+    import torch_pruning as tp
+
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    extra = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Linear)):
+        if any(isinstance(dep.target.module, tp.ops._OutputOp) for dep, _ in group):
+            extra += [dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.Module)
+                      and graph.is_out_channel_pruning_fn(dep.handler)]
+    return extra
 
 
 def _global_ratios(model: nn.Module, example: tuple, crit, ignored: list, ratio: float,
