@@ -1,13 +1,14 @@
 """Benchmark the compression trunk on the tiny multimodal reference model: the seed's table, from one build ->
 BENCHMARKS.md section.
 
-One run builds `examples/tiny-mm-compression.yaml` (its shipped recipe plus every recipe of its
-`compression_study`, each through the six host targets: export, int8 calibration, verification against the fp32
-torch model and the agent's 1-thread profile), in a fresh cache unless --cache-dir is given, and writes the same
-table the release report shows: parameters, MACs, file size per format, eval accuracy and drop, p50 and speed-up
-over the uncompressed fp32 model of the same format.
+One run builds `examples/tiny-mm-compression.yaml` (pooled text tower) and `examples/tiny-transformer-compression.yaml`
+(transformer text tower: heads, FFN units, residual width): each release's shipped recipe plus every recipe of its
+`compression_study`, each through the six host targets (export, int8 calibration, verification against the fp32
+torch model, the agent's 1-thread profile), in a fresh cache unless --cache-dir is given, and writes the table the
+release report shows: parameters, MACs, file size per format, eval accuracy and drop, p50 and speed-up over the
+uncompressed fp32 model of the same format.
 
-    python tools/bench_compression.py [--config examples/tiny-mm-compression.yaml] [--cache-dir DIR]
+    python tools/bench_compression.py [--config A.yaml --config B.yaml] [--cache-dir DIR]
 """
 from __future__ import annotations
 
@@ -68,38 +69,42 @@ def goals(study: list[dict]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=ROOT / "examples" / "tiny-mm-compression.yaml")
+    ap.add_argument("--config", type=Path, action="append", default=None,
+                    help="release configs with a compression_study (default: the two tiny examples)")
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--cache-dir", type=Path, default=None, help="default: a fresh temp dir")
     ap.add_argument("--json", type=Path, default=None, help="also write the study entries as JSON here")
     args = ap.parse_args()
+    configs = args.config or [ROOT / "examples" / "tiny-mm-compression.yaml",
+                               ROOT / "examples" / "tiny-transformer-compression.yaml"]
     start = time.time()
-    cfg, base = load_release(args.config)
+    parts, studies = [], {}
     with tempfile.TemporaryDirectory(prefix="edgepipe-bench-") as tmp:
         runner = Runner(Cache(args.cache_dir or Path(tmp)), Progress(enabled=False), log=lambda m: None)
-        state = runner.run(make_plan(cfg, base))
-        study = study_index(state)
+        for config in configs:
+            cfg, base = load_release(config)
+            study = study_index(runner.run(make_plan(cfg, base)))
+            studies[cfg.release] = study
+            shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
+            params = study[0]["parameters"]
+            parts += [f"### `{shown}` ({params:,} parameters before compression)", "", *goals(study), "",
+                      markdown(*study_table(study)), ""]
     if args.json:
-        args.json.write_text(json.dumps(study, indent=1))
-    header, rows = study_table(study)
-    params = study[0]["parameters"]
-    shown = args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config
+        args.json.write_text(json.dumps(studies, indent=1))
     body = "\n".join([
         "## Compression: the seed's table on the tiny multimodal reference model (`tools/bench_compression.py`)",
         "",
-        f"One run of `python tools/bench_compression.py` ({shown}) on "
-        f"{time.strftime('%Y-%m-%d')}, {cpu_model()}, {platform.machine()}, Python {platform.python_version()}; "
-        f"{time.time() - start:.0f} s in all, fresh cache. Every recipe is applied to the same trained model "
-        f"({params:,} parameters) and goes through all six host targets; accuracy is on the 600 held-out eval "
-        "samples, its drop against the fp32 torch model; size ratios and speed-ups are against the uncompressed "
-        "fp32 file of the same format; p50 is the agent's median over 200 runs at 1 thread, batch 1. MACs count "
-        "Conv/Linear layers (torch-pruning's counter). `+kd` = distillation from the uncompressed model "
-        "(800 steps, calibration + train pools, labels weighted 0.5). \"gate failed\" marks rows outside the "
-        "release gates (drop ≤ 1.5 pt, agreement ≥ 0.97, cosine ≥ 0.95).",
+        f"One run of `python tools/bench_compression.py` on {time.strftime('%Y-%m-%d')}, {cpu_model()}, "
+        f"{platform.machine()}, Python {platform.python_version()}; {time.time() - start:.0f} s in all, fresh "
+        "cache. Every recipe is applied to the same trained model and goes through all six host targets; accuracy "
+        "is on the 600 held-out eval samples, its drop against the fp32 torch model; size ratios and speed-ups are "
+        "against the uncompressed fp32 file of the same format; p50 is the agent's median over 200 runs at 1 "
+        "thread, batch 1. MACs count Conv/Linear layers (torch-pruning's counter: not the attention matmuls nor "
+        "the fixed DFT convolution). `+kd` = distillation from the uncompressed model (800 steps, calibration + "
+        "train pools, labels weighted 0.5). \"gate failed\" marks rows outside the release gates (drop ≤ 1.5 pt, "
+        "agreement ≥ 0.97, cosine ≥ 0.95).",
         "",
-        *goals(study),
-        "",
-        markdown(header, rows),
+        *parts,
     ])
     write_section(args.out, body, MARKS)
     print(body)
