@@ -67,11 +67,17 @@ class Cache:
         (self.root / stage).mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root / stage))
 
-    def commit(self, stage: str, key: str, workdir: Path, art: Artifact) -> Artifact:
-        """Move a finished workdir into place atomically; returns the artifact rooted at its final path."""
+    def commit(self, stage: str, key: str, workdir: Path, art: Artifact, replace: bool = False) -> Artifact:
+        """Move a finished workdir into place atomically; returns the artifact rooted at its final path.
+        replace: a forced re-run (e.g. `--force profile`) supersedes the entry already there (a profile measured
+        again must not be thrown away for the old one); the old entry is moved aside first, then removed."""
         (workdir / "artifact.json").write_text(json.dumps(art.to_json(), indent=1, sort_keys=True))
         _fsync_tree(workdir)
         final = self.entry(stage, key)
+        if replace and final.exists():
+            old = final.parent / f".tmp-replaced-{final.name}-{os.getpid()}"
+            os.rename(final, old)
+            shutil.rmtree(old, ignore_errors=True)
         try:
             os.rename(workdir, final)
         except OSError:

@@ -233,7 +233,7 @@ class Runner:
         except BaseException:
             shutil.rmtree(ctx.workdir, ignore_errors=True)
             raise
-        art = self.cache.commit(name, key, ctx.workdir, art)
+        art = self.cache.commit(name, key, ctx.workdir, art, replace=name in self.force)
         seconds = time.perf_counter() - start
         self.log(f"  {name:<14} {target:<22} done    {key[:12]}  {seconds:.1f}s")
         state.records.append(StageRecord(name, target, False, seconds, art.sha256))

@@ -73,3 +73,23 @@ def test_artifact_json_roundtrip(tmp_path):
     art = _commit(Cache(tmp_path), "k")
     data = json.loads((art.root / "artifact.json").read_text())
     assert data["sha256"] == art.sha256 and Artifact.from_json(data, art.root) == art
+
+
+def test_a_forced_rerun_replaces_the_entry_and_a_plain_one_keeps_the_first(tmp_path):
+    """`--force profile` measures again: its result must be what the cache (and the bundle) holds afterwards; two
+    ordinary runs racing for one key keep the first (same key, same content)."""
+    cache = Cache(tmp_path)
+    _commit(cache, "k", b"first")
+    work = cache.new_workdir("s")
+    (work / "f.bin").write_bytes(b"second")
+    art = Artifact(kind="onnx", stage="s", component="model", precision="fp32", files=collect_files(work),
+                   meta={"main_file": "f.bin"}, root=work)
+    kept = cache.commit("s", "k", work, art)
+    assert kept.main_file.read_bytes() == b"first"
+    work = cache.new_workdir("s")
+    (work / "f.bin").write_bytes(b"third")
+    art = Artifact(kind="onnx", stage="s", component="model", precision="fp32", files=collect_files(work),
+                   meta={"main_file": "f.bin"}, root=work)
+    new = cache.commit("s", "k", work, art, replace=True)
+    assert new.main_file.read_bytes() == b"third" and cache.lookup("s", "k").main_file.read_bytes() == b"third"
+    assert not list((tmp_path / "s").glob(".tmp-*"))
