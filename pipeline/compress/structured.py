@@ -75,6 +75,14 @@ def _self_loss(outs: list[torch.Tensor]) -> torch.Tensor:
     return loss
 
 
+def _taylor_grads(model: nn.Module, data: list[tuple]) -> None:
+    """What it does: calibration batches -> every weight's .grad of the label-free Taylor loss (summed)."""
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        for batch in data:
+            _self_loss(_outputs(model(*batch))).backward()
+
+
 def _head_scores(decl: dict, importance: str) -> torch.Tensor:
     """What it does: an attention declaration -> one importance per head (rows of q/k/v + columns of the out
     projection that belong to it)."""
@@ -177,10 +185,7 @@ def structured_prune(model: nn.Module, example: tuple, ratio: float = 0.0, scope
             raise ConfigError(f"structured.ratios '{pattern}': layer '{hit[0]}' produces a model output; removing its "
                               "channels would change the output shape")
     if importance == "taylor":
-        model.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            for batch in data:
-                _self_loss(_outputs(model(*batch))).backward()
+        _taylor_grads(model, data)
 
     head_report = {}
     name_of = {id(m): n for n, m in modules.items()}
@@ -201,10 +206,7 @@ def structured_prune(model: nn.Module, example: tuple, ratio: float = 0.0, scope
                 m.edgepipe_resync()
 
     if importance == "taylor" and head_report:  # heads removed: fresh gradients for the resized layers
-        model.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            for batch in data:
-                _self_loss(_outputs(model(*batch))).backward()
+        _taylor_grads(model, data)
     # q/k/v rows are never channel roots (their widths are heads, handled above); the output projection may lose
     # rows with the residual stream it writes to (LayerNorm widths follow), never its head columns.
     attn = {id(layer) for _, b in blocks for d in [b.edgepipe_attention()] for layer, _ in d["rows"]}
