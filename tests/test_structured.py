@@ -250,3 +250,46 @@ def test_distill_with_label_weight_on_an_unlabelled_pool_is_refused_before_any_s
         Runner.check_recipe(factory, plan, factory.iospec({}), unlabelled, [step])
     labelled = SimpleNamespace(root=tmp_path, split=lambda name: SimpleNamespace(labels=torch.tensor([-1, 2]).numpy()))
     Runner.check_recipe(factory, plan, factory.iospec({}), labelled, [step])
+
+
+def test_changed_children_names_the_towers_a_recipe_touched():
+    from pipeline.compress.stage import changed_children
+
+    net = _tiny()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert changed_children(before, net.state_dict()) == set()
+    structured_prune(net, _example(), ratio=0.5, layers=["image.*"])
+    assert changed_children(before, net.state_dict()) == {"image", "head"}  # head.0 lost the image's inputs
+
+
+def test_smartcam_tables_follow_a_compressed_text_encoder():
+    """A recipe that changes the text encoder: the ConSE class-name table and the prompt table are embedded again
+    with the compressed encoder (what a device's text encoder would compute); untouched otherwise."""
+    from types import SimpleNamespace
+
+    from pipeline.models.smartcam import SmartCam
+    from pipeline.progress import Progress
+
+    from .conftest import REPO
+
+    factory = SmartCam()
+    net = factory.construct({})
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in net.text_encoder.parameters():
+            p.normal_(0, 0.05)
+    ctx = SimpleNamespace(dataset=SimpleNamespace(root=REPO / "calibration_data" / "smartcam"),
+                          progress=Progress(enabled=False), seed=0)
+    factory.after_compress({}, net, ["image_encoder"], ctx)
+    assert not net.scorer.prompt_embeddings.any()  # text encoder untouched: tables left as they were
+    structured_prune(net.text_encoder, (torch.randint(1, 1000, (2, 8)), torch.ones(2, 8, dtype=torch.long)),
+                     heads=0.5)
+    factory.after_compress({}, net, ["text_encoder"], ctx)
+    from pipeline.models.conse import embed_texts
+    from pipeline.models.smartcam import prompts_of, parse_params
+    from pipeline.wordpiece import WordPieceTokenizer
+
+    encode = WordPieceTokenizer.from_file(ctx.dataset.root / "vocab.txt").encode
+    expected = embed_texts(encode, net.text_encoder, prompts_of(parse_params({})), max_length=32)
+    torch.testing.assert_close(net.scorer.prompt_embeddings, expected)
+    assert net.image_encoder.conse.label_embeddings.abs().sum() > 0

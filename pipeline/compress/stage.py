@@ -135,6 +135,18 @@ def replay_structure(module, structure: list[list]) -> None:
         setattr(modules[parent] if parent else module, attr, pair)
 
 
+def changed_children(before: dict, after: dict) -> set[str]:
+    """What it does: state dicts before/after a recipe -> the top-level child names whose tensors changed (in shape,
+    value, or which keys exist: a factorized layer renames its weights)."""
+    import torch
+
+    changed = {k.split(".", 1)[0] for k in set(before) ^ set(after)}
+    for k in set(before) & set(after):
+        if before[k].shape != after[k].shape or not torch.equal(before[k], after[k]):
+            changed.add(k.split(".", 1)[0])
+    return changed
+
+
 class Compress(Stage):
     name = "compress"
     version = 3  # 3: transformer residual width pruned with its LayerNorms
@@ -165,6 +177,7 @@ class Compress(Stage):
         data = recipe_data(ctx.iospec, ctx.dataset, teacher, ctx.progress, ctx.release.seed, tuple(pool))
         before = sum(p.numel() for p in module.parameters())
         macs_before = count_macs(module, tuple(t[:1] for t in data.example))
+        snapshot = {k: v.detach().clone() for k, v in module.state_dict().items()}
         threads = torch.get_num_threads()
         torch.set_num_threads(min(threads, 2))
         try:
@@ -172,6 +185,13 @@ class Compress(Stage):
         finally:
             torch.set_num_threads(threads)
         module.eval()
+        changed = changed_children(snapshot, module.state_dict())
+        hook = getattr(factory, "after_compress", None)
+        if callable(hook) and changed:  # e.g. tables a compressed sub-model computed at create() must follow it
+            from ..models import FactoryContext
+
+            hook(ctx.release.model.params, module, sorted(changed),
+                 FactoryContext(dataset=ctx.dataset, seed=ctx.release.seed, progress=ctx.progress))
         after = sum(p.numel() for p in module.parameters())
         zeros = sum(int((p == 0).sum()) for p in module.parameters())
         macs = count_macs(module, tuple(t[:1] for t in data.example))

@@ -157,6 +157,24 @@ def _package_version(name: str) -> str:
         return "absent"
 
 
+def _tables(p: SmartCamParams, text: nn.Module, vocab, progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """What it does: params + a text encoder -> (ImageNet class-name embeddings, prompt embeddings), one thread."""
+    from ..wordpiece import WordPieceTokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # fixed: embeddings must not depend on the machine's core count
+    try:
+        encode = WordPieceTokenizer.from_file(vocab).encode
+        template = None if p.class_template == "{}" else p.class_template
+        names = [class_text(lemmas, template) for _, lemmas in imagenet_classes()]
+        with progress.task("embed ImageNet class names", 1) as task:
+            label_emb = embed_texts(encode, text, names, max_length=p.max_tokens)
+            task.advance()
+        return label_emb, embed_texts(encode, text, prompts_of(p), max_length=p.max_tokens)
+    finally:
+        torch.set_num_threads(threads)
+
+
 class SmartCam:
     """Model factory `pipeline.models.smartcam:SmartCam` (see pipeline/models/__init__.py)."""
 
@@ -215,7 +233,6 @@ class SmartCam:
 
     def create(self, params: dict | None, ctx: FactoryContext) -> nn.Module:
         """Pretrained weights from the pip packages; class-name and prompt embeddings from the text encoder."""
-        from ..wordpiece import WordPieceTokenizer
         from .effnet_lite0 import load_efficientnet_lite0
         from .minilm import load_minilm, tokenizer_paths
 
@@ -231,25 +248,25 @@ class SmartCam:
             if lines != prompts:
                 raise ConfigError(f"model.params.prompts differ from {dataset_prompts}, which the eval labels "
                                   "index into; edit that file (and the labels) instead")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # fixed: embeddings must not depend on the machine's core count
-        try:
-            text = load_minilm(gelu=p.gelu)
-            encode = WordPieceTokenizer.from_file(vocab).encode
-            template = None if p.class_template == "{}" else p.class_template
-            names = [class_text(lemmas, template) for _, lemmas in imagenet_classes()]
-            with ctx.progress.task("embed ImageNet class names", 1) as task:
-                label_emb = embed_texts(encode, text, names, max_length=p.max_tokens)
-                task.advance()
-            prompt_emb = embed_texts(encode, text, prompts, max_length=p.max_tokens)
-        finally:
-            torch.set_num_threads(threads)
+        text = load_minilm(gelu=p.gelu)
+        label_emb, prompt_emb = _tables(p, text, vocab, ctx.progress)
         net = SmartCamNet(p, len(prompts))
         net.image_encoder.cnn.load_state_dict(load_efficientnet_lite0().state_dict(), strict=True)
         net.image_encoder.conse.label_embeddings.copy_(label_emb)
         net.scorer.prompt_embeddings.copy_(prompt_emb)
         net.text_encoder.load_state_dict(text.state_dict(), strict=True)
         return net.eval()
+
+    def after_compress(self, params: dict | None, module: nn.Module, changed: list[str], ctx: FactoryContext) -> None:
+        """When a compression recipe changed the text encoder, the ConSE class-name table and the prompt table are
+        embedded again with it: the tables a device's text encoder would compute must match the ones baked into the
+        image encoder and the scorer."""
+        if "text_encoder" not in changed:
+            return
+        p = parse_params(params)
+        label_emb, prompt_emb = _tables(p, module.text_encoder, ctx.dataset.root / VOCAB_FILE, ctx.progress)
+        module.image_encoder.conse.label_embeddings.copy_(label_emb)
+        module.scorer.prompt_embeddings.copy_(prompt_emb)
 
     def assets(self, params: dict | None, module: nn.Module) -> dict[str, bytes]:
         """What a device needs besides the models: prompts and their embeddings, ImageNet classes and theirs."""
