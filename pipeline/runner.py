@@ -280,12 +280,7 @@ class Runner:
                     if tp.export == "components":
                         continue
                     result = TargetResult(plan=tp)
-                    with _target_failures(result):
-                        self.run_chain(state, result, tp.profile, label=f"{tp.name}@{vname}")
-                        if release.profile:
-                            result.profile = self.run_stage(state, "profile", result.model, f"{tp.name}@{vname}",
-                                                            tp.profile, deps={"verification": result.verification})
-                        result.status = "failed" if result.reasons else "passed"
+                    self.run_target(state, result, label=f"{tp.name}@{vname}", fallback=False)
                     entry["results"][tp.name] = result
                 state.study[vname] = entry
         finally:
@@ -386,16 +381,19 @@ class Runner:
         if bad_ops:
             raise StageError(f"{tp.profile.format} model uses ops the target does not allow: {', '.join(bad_ops)}")
 
-    def run_target(self, state: BuildState, result: TargetResult) -> None:
+    def run_target(self, state: BuildState, result: TargetResult, label: str | None = None,
+                   fallback: bool = True) -> None:
+        """What it does: a fused target -> its chain, verification, sensitivity fallback (unless `fallback` is off,
+        as in the compression study) and profile; `label` names it in the log (default: the target name)."""
         tp = result.plan
         with _target_failures(result):
-            self.run_chain(state, result, tp.profile)
-            if tp.profile.quantization.sensitivity.enabled:
+            self.run_chain(state, result, tp.profile, label=label)
+            if fallback and tp.profile.quantization.sensitivity.enabled:
                 from .fallback import sensitivity_fallback
 
                 sensitivity_fallback(self, state, result)
             if state.plan.release.profile:
-                result.profile = self.run_stage(state, "profile", result.model, tp.name, tp.profile,
+                result.profile = self.run_stage(state, "profile", result.model, label or tp.name, tp.profile,
                                                 deps={"verification": result.verification})
             result.status = "failed" if result.reasons else "passed"
 

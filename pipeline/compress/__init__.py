@@ -18,3 +18,8 @@ def select_layers(names: list[str], include: list[str] | None, skip: list[str], 
                               f"{', ...' if len(names) > 6 else ''})")
     chosen = [n for n in names if include is None or any(fnmatchcase(n, p) for p in include)]
     return [n for n in chosen if not any(fnmatchcase(n, p) for p in skip)]
+
+
+def as_outputs(result) -> list:
+    """What it does: a forward's result (a tensor, or a tuple/list of them) -> the list of output tensors."""
+    return list(result) if isinstance(result, (tuple, list)) else [result]

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..progress import Progress
+from . import as_outputs
 
 _EVAL_BATCH = 256
 
@@ -83,20 +84,16 @@ def _check_label_range(teacher: nn.Module, pool: list[torch.Tensor], targets: to
     """What it does: labels -> a ConfigError when one is past the first output's classes (else an IndexError deep
     in torch mid-training); the class count comes from one teacher forward on the first sample."""
     with torch.no_grad():
-        classes = _outputs(teacher(*[x[:1] for x in pool]))[0].shape[-1]
+        classes = as_outputs(teacher(*[x[:1] for x in pool]))[0].shape[-1]
     if int(targets.max()) >= classes:
         raise ConfigError(f"distill: label {int(targets.max())} is out of range for the first output's {classes} "
                           "classes")
 
 
-def _outputs(result) -> list[torch.Tensor]:
-    return list(result) if isinstance(result, (tuple, list)) else [result]
-
-
 def _loss(student_out, teacher_out, labels, temperature: float, label_weight: float) -> torch.Tensor:
     """What it does: student and teacher outputs (+ batch labels) -> the scalar distillation loss."""
     loss = 0.0
-    for s, t in zip(_outputs(student_out), _outputs(teacher_out)):
+    for s, t in zip(as_outputs(student_out), as_outputs(teacher_out)):
         if not s.is_floating_point():
             continue
         if s.ndim == 2 and s.shape[1] > 1:
@@ -106,7 +103,7 @@ def _loss(student_out, teacher_out, labels, temperature: float, label_weight: fl
             loss = loss + F.mse_loss(s, t)
     if label_weight > 0 and bool((labels >= 0).any()):
         keep = labels >= 0
-        loss = loss + label_weight * F.cross_entropy(_outputs(student_out)[0][keep], labels[keep])
+        loss = loss + label_weight * F.cross_entropy(as_outputs(student_out)[0][keep], labels[keep])
     return loss
 
 
@@ -116,7 +113,7 @@ def _agreement(student: nn.Module, teacher: nn.Module, pool: list[torch.Tensor])
     with torch.no_grad():
         for lo in range(0, len(pool[0]), _EVAL_BATCH):
             batch = [x[lo : lo + _EVAL_BATCH] for x in pool]
-            s, t = _outputs(student(*batch))[0], _outputs(teacher(*batch))[0]
+            s, t = as_outputs(student(*batch))[0], as_outputs(teacher(*batch))[0]
             same += int((s.argmax(-1) == t.argmax(-1)).sum())
     return same / len(pool[0])
 

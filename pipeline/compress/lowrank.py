@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from . import select_layers
+from . import as_outputs, select_layers
 
 
 @dataclass
@@ -106,8 +106,7 @@ def _run(model: nn.Module, batches: list[tuple]) -> list[torch.Tensor]:
     outs = []
     with torch.no_grad():
         for batch in batches:
-            out = model(*batch)
-            outs.append(list(out) if isinstance(out, (tuple, list)) else [out])
+            outs.append(as_outputs(model(*batch)))
     return [torch.cat([o[i] for o in outs]) for i in range(len(outs[0]))]
 
 

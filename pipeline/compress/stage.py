@@ -177,7 +177,9 @@ class Compress(Stage):
         data = recipe_data(ctx.iospec, ctx.dataset, teacher, ctx.progress, ctx.release.seed, tuple(pool))
         before = sum(p.numel() for p in module.parameters())
         macs_before = count_macs(module, tuple(t[:1] for t in data.example))
-        snapshot = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        hook = getattr(factory, "after_compress", None)
+        # only a factory with the hook needs to know which towers changed (a copy of every weight otherwise)
+        snapshot = {k: v.detach().clone() for k, v in module.state_dict().items()} if callable(hook) else None
         threads = torch.get_num_threads()
         torch.set_num_threads(min(threads, 2))
         try:
@@ -185,9 +187,8 @@ class Compress(Stage):
         finally:
             torch.set_num_threads(threads)
         module.eval()
-        changed = changed_children(snapshot, module.state_dict())
-        hook = getattr(factory, "after_compress", None)
-        if callable(hook) and changed:  # e.g. tables a compressed sub-model computed at create() must follow it
+        changed = changed_children(snapshot, module.state_dict()) if snapshot is not None else set()
+        if changed:  # e.g. tables a compressed sub-model computed at create() must follow it
             from ..models import FactoryContext
 
             hook(ctx.release.model.params, module, sorted(changed),

@@ -28,13 +28,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from . import select_layers
+from . import as_outputs, select_layers
 
 IMPORTANCE = ("l1", "l2", "taylor")
-
-
-def _outputs(out) -> list[torch.Tensor]:
-    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def _candidates(model: nn.Module) -> list[str]:
@@ -54,7 +50,7 @@ def output_layers(model: nn.Module, example: tuple) -> set[str]:
              for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     try:
         with torch.no_grad():
-            outs = _outputs(model(*example))
+            outs = as_outputs(model(*example))
     finally:
         for h in hooks:
             h.remove()
@@ -80,7 +76,7 @@ def _taylor_grads(model: nn.Module, data: list[tuple]) -> None:
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         for batch in data:
-            _self_loss(_outputs(model(*batch))).backward()
+            _self_loss(as_outputs(model(*batch))).backward()
 
 
 def _head_scores(decl: dict, importance: str) -> torch.Tensor:
@@ -175,7 +171,7 @@ def structured_prune(model: nn.Module, example: tuple, ratio: float = 0.0, scope
             raise ConfigError(f"structured.heads {heads} would remove every head of '{bname}' ({n_heads} heads)")
     modules = dict(model.named_modules())
     with torch.no_grad():
-        before_out = [tuple(o.shape) for o in _outputs(model(*example))]
+        before_out = [tuple(o.shape) for o in as_outputs(model(*example))]
     before = {n: tuple(modules[n].weight.shape) for n in names}
 
     protected = output_layers(model, example)
@@ -225,7 +221,7 @@ def structured_prune(model: nn.Module, example: tuple, ratio: float = 0.0, scope
             m.edgepipe_resync()
     try:
         with torch.no_grad():
-            after_out = [tuple(o.shape) for o in _outputs(model(*example))]
+            after_out = [tuple(o.shape) for o in as_outputs(model(*example))]
     except Exception as err:
         raise ConfigError(f"structured pruning breaks the model's forward ({type(err).__name__}: {err}); "
                           "skip the layer that feeds a fixed-size table or reshape") from err
@@ -242,10 +238,13 @@ def _channel_prune(model, example, crit, ignored, ratio, ratio_dict, scope, floo
     """What it does: torch-pruning run per group (a global ranking first becomes per-group ratios)."""
     import torch_pruning as tp
 
+    if not (ratio > 0 or ratio_dict):
+        return  # heads only
     try:
-        ignored = ignored + _output_coupled(model, example, ignored)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        ignored = ignored + _output_coupled(graph, ignored)
         if scope == "global" and ratio > 0:
-            ratio_dict = _global_ratios(model, example, crit, ignored, ratio, floor) | ratio_dict
+            ratio_dict = _global_ratios(graph, crit, ignored, ratio, floor) | ratio_dict
             ratio = 0.0
         if ratio > 0 or ratio_dict:
             pruner = tp.pruner.MetaPruner(model, example, importance=crit, pruning_ratio=min(ratio, 1 - floor),
@@ -259,12 +258,11 @@ def _channel_prune(model, example, crit, ignored, ratio, ratio_dict, scope, floo
                           ) from err
 
 
-def _output_coupled(model: nn.Module, example: tuple, ignored: list) -> list[nn.Module]:
-    """What it does: the layers whose channels reach a model output through the dependency graph (e.g. a
-    transformer's residual stream that is mean-pooled into the embedding): pruning them would change an output."""
+def _output_coupled(graph, ignored: list) -> list[nn.Module]:
+    """What it does: a dependency graph -> the layers whose channels reach a model output (e.g. a transformer's
+    residual stream that is mean-pooled into the embedding): pruning them would change an output."""
     import torch_pruning as tp
 
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     extra = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Linear)):
         if any(isinstance(dep.target.module, tp.ops._OutputOp) for dep, _ in group):
@@ -273,14 +271,11 @@ def _output_coupled(model: nn.Module, example: tuple, ignored: list) -> list[nn.
     return extra
 
 
-def _global_ratios(model: nn.Module, example: tuple, crit, ignored: list, ratio: float,
-                   floor: float) -> dict:
-    """What it does: one global ranking -> a ratio per group root. Each group's channel importances are divided by
-    their mean (groups of different sizes and scales compare by relative importance), the `ratio` share with the
-    lowest scores over all groups is marked, and each group loses its marked share, capped at 1 - floor."""
-    import torch_pruning as tp
-
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+def _global_ratios(graph, crit, ignored: list, ratio: float, floor: float) -> dict:
+    """What it does: one global ranking over a dependency graph's groups -> a ratio per group root. Each group's
+    channel importances are divided by their mean (groups of different sizes and scales compare by relative
+    importance), the `ratio` share with the lowest scores over all groups is marked, and each group loses its
+    marked share, capped at 1 - floor."""
     scored = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Linear)):
         imp = crit(group)
