@@ -39,6 +39,31 @@ def write_release(path: Path, **overrides) -> Path:
     return path
 
 
+def build_release(tmp_path: Path, release: str, **overrides) -> tuple[Path, dict]:
+    """A tiny-mm release with overrides built by the CLI -> (dist/<release>, the host-onnx-fp32 manifest)."""
+    import json
+
+    cfg = write_release(tmp_path / "r.yaml", release=release, **overrides)
+    proc = run_cli(["build", str(cfg), "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    root = tmp_path / "dist" / release
+    return root, json.loads((root / "host-onnx-fp32" / "manifest.json").read_text())
+
+
+def exported_shapes(root: Path) -> dict[str, set]:
+    """Tensor shapes in the fp32 ONNX initializers, OpenVINO constants and TFLite tensors of a release."""
+    import onnx
+    import openvino as ov
+    from ai_edge_litert.interpreter import Interpreter
+
+    onnx_shapes = {tuple(i.dims) for i in onnx.load(str(root / "host-onnx-fp32" / "model.onnx")).graph.initializer}
+    ov_shapes = {tuple(op.get_output_shape(0)) for op in ov.Core().read_model(
+        str(root / "host-openvino-fp32" / "model.xml")).get_ops() if op.get_type_name() == "Constant"}
+    interp = Interpreter(model_path=str(root / "host-tflite-fp32" / "model.tflite"))
+    return {"onnx": onnx_shapes, "openvino": ov_shapes,
+            "tflite": {tuple(d["shape"]) for d in interp.get_tensor_details()}}
+
+
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory):
     """(runner, state) for the tiny example release: tiny model trained, fp32 reference computed, cache in tmp.

@@ -128,40 +128,26 @@ def test_bad_pruning_settings_are_config_errors(kwargs, match):
 def test_lowrank_and_pruning_recipe_builds_all_three_formats(tmp_path):
     """A release with a compression recipe: the factorized head layer has rank-r shapes in the ONNX, OpenVINO and
     TFLite files, the manifest declares the steps, and the verification compares with the uncompressed fp32."""
-    import json
-
     import numpy as np
-    import onnx
 
-    from .conftest import run_cli, write_release
+    from .conftest import build_release, exported_shapes
 
     recipe = [{"method": "lowrank", "rank": 8, "layers": ["head.0", "image.features.2.0"]},
               {"method": "prune", "sparsity": 0.3, "skip": ["audio.*"]}]
-    cfg = write_release(tmp_path / "r.yaml", release="compressed", profile=False, compression=recipe,
-                        targets=["host-onnx-fp32", "host-onnx-int8", "host-openvino-fp32", "host-tflite-fp32"],
-                        gates={"max_accuracy_drop_pt": 10.0, "min_agreement": 0.9, "min_cosine": 0.9})
-    proc = run_cli(["build", str(cfg), "--no-progress"], tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    release = tmp_path / "dist" / "compressed"
-    manifest = json.loads((release / "host-onnx-fp32" / "manifest.json").read_text())
+    release, manifest = build_release(
+        tmp_path, "compressed", profile=False, compression=recipe,
+        targets=["host-onnx-fp32", "host-onnx-int8", "host-openvino-fp32", "host-tflite-fp32"],
+        gates={"max_accuracy_drop_pt": 10.0, "min_agreement": 0.9, "min_cosine": 0.9})
     comp = manifest["compression"]
     assert [s["method"] for s in comp["applied"]] == ["lowrank", "prune"]
     assert comp["parameters"] < comp["parameters_before"] and comp["zero_parameters"] > 0
     assert [s["stage"] for s in manifest["model"]["lineage"]] == ["load", "compress", "export_onnx"]
-    inits = {tuple(i.dims) for i in onnx.load(str(release / "host-onnx-fp32" / "model.onnx")).graph.initializer}
+    shapes = exported_shapes(release)
+    inits = shapes["onnx"]
     assert (8, 96) in inits or (96, 8) in inits  # head.0 (64 x 96) became 96 -> 8 -> 64
     assert (64, 96) not in inits and (96, 64) not in inits
-
-    import openvino as ov
-
-    shapes = {tuple(op.get_output_shape(0)) for op in ov.Core().read_model(
-        str(release / "host-openvino-fp32" / "model.xml")).get_ops() if op.get_type_name() == "Constant"}
-    assert (8, 96) in shapes or (96, 8) in shapes
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(release / "host-tflite-fp32" / "model.tflite"))
-    tshapes = {tuple(d["shape"]) for d in interp.get_tensor_details()}
-    assert (8, 96) in tshapes or (96, 8) in tshapes
+    assert (8, 96) in shapes["openvino"] or (96, 8) in shapes["openvino"]
+    assert (8, 96) in shapes["tflite"] or (96, 8) in shapes["tflite"]
     ver = manifest["verification"]
     assert ver["reference_accuracy"] > 0.9 and np.isfinite(ver["accuracy_drop_pt"])
 
