@@ -107,6 +107,7 @@ def components_manifest(ctx: dict, files: dict[str, dict]) -> dict:
                      "sha256": model.sha256, "ops": model.meta.get("ops", {}), "lineage": _lineage(c["lineage"]),
                      "kept_float_nodes": model.meta.get("kept_float_nodes", []), "golden": f"golden/{name}",
                      "quantization": c.get("quantization"),
+                     "weight_rounding": weight_rounding(c["lineage"]),
                      "latency": c["profile"].meta if c.get("profile") is not None else None}
     return {"order": wiring["order"], "parts": out,
             "calibration_inputs": "encoders: the calibration samples; later components: the fp32 torch "
@@ -186,6 +187,15 @@ def _fused_manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
     }
 
 
+def weight_rounding(lineage) -> dict | None:
+    """What it does: an artifact lineage -> the round_weights stage's summary (method, layers, samples,
+    iterations, median/worst output-MSE ratio against round-to-nearest), or None when the chain has none."""
+    for art in lineage or []:
+        if art.stage == "round_weights":
+            return {k: v for k, v in art.meta["weight_rounding"].items() if k != "per_layer"}
+    return None
+
+
 def _quantization_manifest(profile, model, result) -> dict | None:
     """What it does: a fused int8 target -> the manifest's "quantization" section: the nodes kept float, the
     settings, the calibration and, with the sensitivity pass on, the layers it kept float and why ("sensitivity":
@@ -194,6 +204,13 @@ def _quantization_manifest(profile, model, result) -> dict | None:
         return None
     out = {"kept_float_nodes": model.meta.get("kept_float_nodes", []),
            "settings": profile.quantization.stage_settings(), "calibration": profile.calibration.model_dump()}
+    rounding = weight_rounding(result.lineage)
+    if rounding is not None:
+        out["weight_rounding"] = rounding
+    if "weight_only_int8_nodes" in model.meta:  # onnx: which kept-float layers store int8 weights
+        out["weight_only_int8_nodes"] = model.meta["weight_only_int8_nodes"]
+    if "kept_float_weights" in model.meta:  # openvino: how the kept-float layers' weights are stored
+        out["kept_float_weights"] = model.meta["kept_float_weights"]
     sens = getattr(result, "sensitivity", None)
     if sens is not None:
         out["auto_keep_float"] = list(sens["auto_keep_float"])

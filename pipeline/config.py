@@ -63,6 +63,10 @@ class QuantizationConfig(_Strict):
         None, description="NNCF model_type; 'transformer' keeps attention-sensitive ops out of int8")
     bias_correction: Literal["fast", "full", "none"] = Field(
         "fast", description="NNCF bias correction after quantization")
+    overflow_fix: Literal["first_layer", "enable", "disable"] = Field(
+        "first_layer", description="NNCF overflow fix: 7-bit weights (first layer / every layer) so that CPUs "
+                                   "without VNNI cannot saturate u8*s8 sums; 'disable' = full 8-bit weights, for "
+                                   "CPUs with VNNI/AMX only")
     io_dtype: Literal["float32", "int8", "uint8"] = Field(
         "float32", description="TFLite int8: dtype of float model inputs/outputs (int8 writes scale/zero-point)")
     sensitivity: SensitivityConfig = Field(
@@ -153,6 +157,24 @@ class TargetProfile(_Strict):
 # --------------------------------------------------------------------------- release config
 
 
+class WeightRoundingConfig(_Strict):
+    method: Literal["adaround"] = Field("adaround", description="adaround: learn each weight's rounding direction "
+                                        "from the layer's outputs on calibration inputs (Nagel et al., 2020)")
+    iterations: int = Field(200, ge=1, le=100000, description="optimizer steps per layer")
+    samples: int = Field(32, ge=1, le=4096, description="calibration samples whose layer inputs are used")
+    batch_size: int = Field(8, ge=1, le=1024, description="samples per optimizer step")
+    lr: float = Field(0.1, gt=0, le=10, description="Adam learning rate of the rounding variables (a few hundred "
+                      "steps need a high rate: on a random 400-input layer, 200 steps cut the output MSE to 0.45x "
+                      "of round-to-nearest at 0.1 and to 0.67x at 0.03)")
+    crop: int = Field(56, ge=0, description="conv layers: random crop of the input feature map per step "
+                                           "(0 = whole maps); bounds the cost of high-resolution layers")
+    seed: int = Field(0, description="seed of the sample and crop draws")
+    nodes: list[str] | None = Field(None, description="ONNX node-name prefixes of the layers to round (default: "
+                                    "every Conv/Gemm/MatMul with a constant weight that is not kept float)")
+    formats: list[Literal["onnx", "openvino", "tflite"]] = Field(
+        ["onnx", "openvino", "tflite"], min_length=1, description="the int8 formats whose chains round weights")
+
+
 class ModelConfig(_Strict):
     factory: str = Field(description="'module:attr' of a model factory (see pipeline/models/__init__.py)")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword settings passed to the factory")
@@ -165,6 +187,13 @@ class ModelConfig(_Strict):
         default_factory=dict,
         description="extra keep_float entries for one format only (e.g. a transformer tower that TFLite's "
                     "int8 kernels cannot run); declared in the manifest like the others")
+    kept_float_weights: Literal["float32", "int8"] = Field(
+        "float32", description="int8 targets, ONNX and OpenVINO: the Conv/MatMul/Gemm layers kept float (keep_float) "
+                               "store their constant weights as int8 (weight-only, symmetric per output channel) "
+                               "and compute in float; LiteRT has no such path and keeps them float32")
+    weight_rounding: WeightRoundingConfig | None = Field(
+        None, description="int8 targets: choose each weight's rounding (AdaRound) on calibration data before the "
+                          "format's quantizer runs (it then keeps it); null = the toolchains' round-to-nearest")
     export: Literal["fused", "components", "both"] = Field(
         "fused", description="fused = one graph per target; components = one artifact chain per component of the "
                              "factory's components() (e.g. encoders + fusion head), verified per component and "

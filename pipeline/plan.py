@@ -142,6 +142,9 @@ def make_plan(cfg: ReleaseConfig, base_dir: Path) -> Plan:
         chain = EXPORT_CHAINS.get((p.format, p.precision))
         if chain is None:
             raise ConfigError(f"target '{p.name}': {p.format} {p.precision} is not supported yet")
+        rounding = cfg.model.weight_rounding
+        if p.precision == "int8" and rounding is not None and p.format in rounding.formats:
+            chain = (chain[0], "round_weights") + chain[1:]
         _check_chain(p.name, chain)
         _check_sensitivity(cfg, p)
         plan.targets.extend(_target_plans(cfg.model.export, p, chain))

@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "reference": "pipeline.load:ReferenceOutputs",
     "compress": "pipeline.compress.stage:Compress",
     "export_onnx": "pipeline.export.onnx:ExportOnnx",
+    "round_weights": "pipeline.export.rounding:RoundWeights",
     "quantize_onnx": "pipeline.export.onnx:QuantizeOnnx",
     "convert_openvino": "pipeline.export.openvino:ConvertOpenvino",
     "quantize_openvino": "pipeline.export.openvino:QuantizeOpenvino",

@@ -77,3 +77,23 @@ def test_bundles_verify_on_their_golden_vectors(default_build):
     for target in ("host-tflite-int8", "host-openvino-int8-components"):
         proc = run_cli(["verify", str(work / "dist" / RELEASE / f"{target}.tar.gz")], work)
         assert proc.returncode == 0 and "golden vectors" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_int8_preparation_is_applied_and_recorded(default_build):
+    """AdaRound before the ORT/LiteRT quantizers, weight-only int8 for the float-kept ConSE table (ONNX, OpenVINO)
+    and full 8-bit OpenVINO weights on this VNNI host: each one lands in the bundle's manifest."""
+    work, _ = default_build
+    dist = work / "dist" / RELEASE
+    quant = {t: json.loads((dist / t / "manifest.json").read_text())["quantization"]
+             for t in ("host-onnx-int8", "host-openvino-int8", "host-tflite-int8")}
+    for target in ("host-onnx-int8", "host-tflite-int8"):
+        rounding = quant[target]["weight_rounding"]
+        assert rounding["layers"] >= 60 and rounding["median_mse_ratio"] < 0.9, (target, rounding)
+    assert "weight_rounding" not in quant["host-openvino-int8"]
+    assert any(n.startswith("/image_encoder/conse/") for n in quant["host-onnx-int8"]["weight_only_int8_nodes"])
+    assert quant["host-openvino-int8"]["kept_float_weights"].startswith("nncf.compress_weights")
+    assert quant["host-openvino-int8"]["settings"]["overflow_fix"] == "disable"
+    index = json.loads((dist / "index.json").read_text())
+    by_name = {t["target"]: t for t in index["targets"]}
+    for fmt in ("onnx", "openvino"):  # the class-name table no longer ships as float32
+        assert by_name[f"host-{fmt}-int8"]["model_size_bytes"] < 0.31 * by_name[f"host-{fmt}-fp32"]["model_size_bytes"]

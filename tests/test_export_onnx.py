@@ -90,3 +90,35 @@ def test_profile_stage_runs_the_agent(onnx_models):
     lat = prof.meta["latency_ms"]
     assert prof.meta["iterations"] == 10 and lat["min"] <= lat["p50"] <= lat["p90"] <= lat["max"]
     assert prof.meta["golden"]["passed"] == prof.meta["golden"]["checked"] == state.plan.release.golden_count
+
+
+def test_weight_only_int8_keeps_float_compute_and_shrinks_the_weight(tmp_path):
+    """model.kept_float_weights: int8 -> a kept-float MatMul reads its weight through DequantizeLinear from int8."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from pipeline.export.onnx import weight_only_int8
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 256, bias=False), torch.nn.Tanh(), torch.nn.Linear(256, 32))
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(net.eval(), torch.zeros(1, 64), str(path), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    model = onnx.load(str(path))
+    names = {n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")}
+    assert len(names) == 2
+    changed = weight_only_int8(model, names)
+    assert sorted(changed) == sorted(names)
+    out = tmp_path / "w8.onnx"
+    onnx.save(model, str(out))
+    assert out.stat().st_size < 0.35 * path.stat().st_size
+    int8 = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+    assert len(int8) == 2
+    x = np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32)
+    ref = net(torch.from_numpy(x)).detach().numpy()
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert 0 < err < 0.02, err  # int8 weights: close, but not the float result (the weights did change)
+    assert weight_only_int8(model, {"no_such_node"}) == []

@@ -211,3 +211,34 @@ def test_int8_of_lowrank_factorized_linears_agrees_with_fp32(ov_models):
     first_halves = ["/head/head.0/head.0.0/MatMul", "/head/head.2/head.2.0/MatMul"]
     assert int8.meta["runtime_workaround_float_nodes"] == first_halves
     assert set(first_halves) <= set(int8.meta["kept_float_nodes"]) and int8.meta["quantized_weights"]
+
+
+def _first_conv_int8_range(art) -> int:
+    """Largest |q| of the int8 weights of the first Convolution in an int8 IR (127: full 8 bits; 63/64: 7 bits)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(art.main_file))
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Convolution", "GroupConvolution"):
+            node = op.input_value(1).get_node()
+            while node.get_type_name() != "Constant":  # Multiply(scale) <- Convert <- Constant(i8)
+                node = node.input_value(0).get_node()
+            return int(np.abs(node.get_data().astype(np.int32)).max())
+    raise AssertionError("no convolution in the IR")
+
+
+def test_overflow_fix_setting_reaches_nncf_and_needs_vnni(ov_models, monkeypatch):
+    import pipeline.export.openvino as ovstage
+
+    runner, state, profile, _, fp32, _ = ov_models
+    first = _with_quantization(profile, overflow_fix="first_layer")
+    full = _with_quantization(profile, overflow_fix="disable")
+    seven = runner.run_stage(state, "quantize_openvino", fp32, "of-first", first, calibration_for(runner, state, first))
+    assert seven.meta["nncf"]["overflow_fix"] == "first_layer" and _first_conv_int8_range(seven) <= 64
+    if ovstage.host_has_vnni():
+        eight = runner.run_stage(state, "quantize_openvino", fp32, "of-off", full, calibration_for(runner, state, full))
+        assert eight.meta["nncf"]["overflow_fix"] == "disable" and _first_conv_int8_range(eight) == 127
+    monkeypatch.setattr(ovstage, "host_has_vnni", lambda: False)
+    other = _with_quantization(profile, overflow_fix="disable", bias_correction="none")  # not cached
+    with pytest.raises(StageError, match="overflow_fix 'disable' needs a CPU with VNNI"):
+        runner.run_stage(state, "quantize_openvino", fp32, "no-vnni", other, calibration_for(runner, state, other))

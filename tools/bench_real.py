@@ -41,6 +41,8 @@ def build(targets: list[str], ours: bool, cache: Cache):
     data["targets"] = targets
     if not ours:
         data["model"]["keep_float"] = []
+        data["model"]["kept_float_weights"] = "float32"
+        data["model"]["weight_rounding"] = None
         data["model"]["params"] = {**data["model"]["params"], "text_quantization": False}
         data["gates"] = {}
     plan = make_plan(ReleaseConfig.model_validate(data), base_dir)

@@ -126,6 +126,59 @@ def io_quantization(model) -> dict[str, dict]:
     return out
 
 
+def weight_only_int8(model, nodes: set[str]) -> list[str]:
+    """What it does: an ONNX graph + names of float-kept nodes -> the same graph (changed in place) where each of
+    those Conv/MatMul/Gemm nodes reads its constant float32 weight through DequantizeLinear from an int8 copy
+    (symmetric, per output channel, q in [-127, 127]); returns the nodes changed. Compute stays float."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    changed, new_nodes = [], []
+    for node in model.graph.node:
+        if node.name not in nodes or node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        slot = 1
+        if node.op_type == "MatMul" and node.input[0] in inits and node.input[1] not in inits:
+            slot = 0  # constant @ activation (e.g. a filterbank): its rows are the output channels
+        init = inits.get(node.input[slot])
+        if init is None or init.data_type != onnx.TensorProto.FLOAT or uses.get(init.name) != 1:
+            continue
+        w = numpy_helper.to_array(init)
+        if node.op_type == "Conv" or slot == 0:
+            axis = 0 if slot == 1 else w.ndim - 2
+        elif node.op_type == "Gemm":
+            axis = 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+        else:
+            axis = w.ndim - 1
+        if w.ndim < 2:
+            continue
+        other = tuple(i for i in range(w.ndim) if i != axis)
+        scale = (np.abs(w).max(axis=other) / 127.0).astype(np.float32)
+        scale[scale == 0] = 1.0
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        base = init.name
+        model.graph.initializer.remove(init)
+        model.graph.initializer.extend([numpy_helper.from_array(q, f"{base}_int8"),
+                                        numpy_helper.from_array(scale, f"{base}_int8_scale"),
+                                        numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8),
+                                                                f"{base}_int8_zero_point")])
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_int8_scale",
+                                                               f"{base}_int8_zero_point"], [base],
+                                          name=f"{node.name}_weight_DequantizeLinear", axis=axis))
+        changed.append(node.name)
+    for i, node in enumerate(new_nodes):
+        model.graph.node.insert(i, node)
+    return changed
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over a CalibrationSet (batch-1 dicts), with a progress bar."""
 
@@ -153,9 +206,11 @@ class QuantizeOnnx(Stage):
     extra = "onnx"
 
     def config(self, ctx: StageContext) -> dict:
-        return component_key(ctx, {"quantization": ctx.target.quantization.stage_settings(),
-                                   "calibration": ctx.target.calibration.model_dump(),
-                                   "keep_float": keep_float_patterns(ctx)})
+        key = {"quantization": ctx.target.quantization.stage_settings(),
+               "calibration": ctx.target.calibration.model_dump(), "keep_float": keep_float_patterns(ctx)}
+        if ctx.release.model.kept_float_weights != "float32":
+            key["kept_float_weights"] = ctx.release.model.kept_float_weights
+        return component_key(ctx, key)
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         import onnx
@@ -189,8 +244,13 @@ class QuantizeOnnx(Stage):
         finally:
             logging.disable(logging.NOTSET)
         qmodel = onnx.load(str(out_path))
+        weight_only = []
+        if ctx.release.model.kept_float_weights == "int8":
+            weight_only = weight_only_int8(qmodel, set(excluded))
+            onnx.save(qmodel, str(out_path))
         ops = op_histogram(qmodel)
         meta = {"ops": ops, "nodes": len(qmodel.graph.node), "kept_float_nodes": excluded,
+                "weight_only_int8_nodes": weight_only,
                 "io_quantization": io_quantization(qmodel),
                 "quantized_weights": ops.get("DequantizeLinear", 0) > 0,
                 "calibration": {"method": c.method, "samples": len(calib)}}

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+from pathlib import Path
 
 from ..artifact import Artifact
 from ..errors import StageError
@@ -262,9 +263,20 @@ def _check_supported(q, c) -> None:
         raise StageError(f"calibration.method '{c.method}' is not available with NNCF here; use 'minmax'")
 
 
+def host_has_vnni() -> bool:
+    """What it does: -> whether this host's CPU has an int8 dot-product instruction (VNNI or AMX), which makes
+    full 8-bit weights safe in the OpenVINO CPU plugin (no u8*s8 pair sums saturating int16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
 def _nncf_settings(nncf, q, samples: int) -> tuple[dict, dict]:
     """Target settings -> (nncf.quantize keyword arguments, the same settings as plain JSON for the manifest)."""
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, OverflowFix,
+                                                       QuantizationParameters)
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     fields = getattr(AdvancedQuantizationParameters, "__dataclass_fields__", {})
@@ -276,6 +288,8 @@ def _nncf_settings(nncf, q, samples: int) -> tuple[dict, dict]:
     # kept float) that gave agreement 0.978 and a worst-sample logit cosine of 0.74, against 0.998 and 0.997.
     advanced = AdvancedQuantizationParameters(
         disable_bias_correction=q.bias_correction == "none",
+        overflow_fix={"first_layer": OverflowFix.FIRST_LAYER, "enable": OverflowFix.ENABLE,
+                      "disable": OverflowFix.DISABLE}[q.overflow_fix],
         activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
         weights_quantization_params=QuantizationParameters(per_channel=q.per_channel))
     kwargs = {"preset": {"performance": nncf.QuantizationPreset.PERFORMANCE,
@@ -285,7 +299,7 @@ def _nncf_settings(nncf, q, samples: int) -> tuple[dict, dict]:
               "fast_bias_correction": q.bias_correction != "full", "advanced_parameters": advanced}
     record = {"preset": q.preset, "model_type": q.model_type, "bias_correction": q.bias_correction,
               "fast_bias_correction": kwargs["fast_bias_correction"], "subset_size": samples,
-              "target_device": "ANY", "per_channel_weights": q.per_channel,
+              "target_device": "ANY", "per_channel_weights": q.per_channel, "overflow_fix": q.overflow_fix,
               "activations_range": "global min/max (RangeEstimatorParametersSet.MINMAX)"}
     return kwargs, record
 
@@ -300,9 +314,11 @@ class QuantizeOpenvino(Stage):
     extra = "openvino"
 
     def config(self, ctx: StageContext) -> dict:
-        return component_key(ctx, {"quantization": ctx.target.quantization.stage_settings(),
-                                   "calibration": ctx.target.calibration.model_dump(),
-                                   "keep_float": keep_float_patterns(ctx)})
+        key = {"quantization": ctx.target.quantization.stage_settings(),
+               "calibration": ctx.target.calibration.model_dump(), "keep_float": keep_float_patterns(ctx)}
+        if ctx.release.model.kept_float_weights != "float32":
+            key["kept_float_weights"] = ctx.release.model.kept_float_weights
+        return component_key(ctx, key)
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         import openvino as ov
@@ -313,6 +329,10 @@ class QuantizeOpenvino(Stage):
 
         q, calib = ctx.target.quantization, ctx.calibration
         _check_supported(q, ctx.target.calibration)
+        if q.overflow_fix == "disable" and ctx.target.transport.kind == "local" and not host_has_vnni():
+            raise StageError(f"target '{ctx.target.name}': quantization.overflow_fix 'disable' needs a CPU with VNNI "
+                             "(avx512_vnni, avx_vnni or amx_int8); this host has none, so u8*s8 sums could saturate: "
+                             "use 'first_layer'")
         model = ov.Core().read_model(str(artifact.main_file))
         patterns = keep_float_in_component(ctx, keep_float_patterns(ctx),
                                            [op.get_friendly_name() for op in model.get_ordered_ops()],
@@ -335,12 +355,23 @@ class QuantizeOpenvino(Stage):
                 qmodel = nncf.quantize(model, nncf.Dataset(_Feeds(calib, feeds, task)), **kwargs)
         except Exception as err:
             raise StageError(f"nncf.quantize failed: {_one_line(err)}") from err
+        weight_only = None
+        if ctx.release.model.kept_float_weights == "int8":
+            # weight-only int8 for what stayed float; the Snippets-hazard MatMuls keep float weights (their bug
+            # is about int8 weights in a MatMul chain, so they are left exactly as they are)
+            try:
+                with _quiet_nncf(nncf_logger):
+                    qmodel = nncf.compress_weights(qmodel, mode=nncf.CompressWeightsMode.INT8_SYM,
+                                                   ignored_scope=nncf.IgnoredScope(names=hazards, validate=False))
+            except Exception as err:
+                raise StageError(f"nncf.compress_weights failed: {_one_line(err)}") from err
+            weight_only = "nncf.compress_weights INT8_SYM (per output channel) on the layers kept float"
         # int8 weights are already small; fp16 compression would only touch the float parts kept by keep_float.
         saved = _save(ov, qmodel, ctx.workdir / "model.xml", compress_to_fp16=False)
         ops = op_histogram(saved)
         meta = {"ops": ops, "nodes": len(saved.get_ordered_ops()), "compress_to_fp16": False,
                 "kept_float_nodes": kept, "ignored_scope": {"names": names, "types": types},
-                "runtime_workaround_float_nodes": hazards,
+                "runtime_workaround_float_nodes": hazards, "kept_float_weights": weight_only or "float32",
                 "nncf": record, "int8_weight_constants": int8_constants(saved),
                 "quantized_weights": int8_constants(saved) > 0,
                 "calibration": {"method": ctx.target.calibration.method, "tool": "nncf", "samples": len(calib)}}

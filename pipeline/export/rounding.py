@@ -1,0 +1,262 @@
+"""Stage round_weights: choose how each int8 weight rounds (AdaRound), before any toolchain quantizes the graph.
+
+Every int8 toolchain here rounds weights to the nearest level of a symmetric per-output-channel grid with step
+max|w|/127 (onnxruntime QDQ with symmetric int8 weights: range [-127, 127]; NNCF: 256 levels from
+-max*128/127 to max, step max/127; LiteRT: [-127, 127]). Rounding to nearest is optimal per weight, not per
+layer: AdaRound (Nagel et al., 2020) learns, per weight, whether to round up or down so that the layer's
+*output* on calibration inputs stays closest to fp32. This stage writes the chosen grid values back into the
+fp32 ONNX graph (each channel's largest weight is kept, so every toolchain derives the same step); the format's
+own quantizer then finds every weight already on its grid and keeps the learnt rounding. It changes only the
+int8 chains' input graph: fp32 targets never see it, and verification still compares against fp32 torch.
+
+Layers: Conv (any groups, explicit pads), Gemm (transA=0, alpha=1) and MatMul with a constant weight, minus the
+keep_float nodes, limited to `model.weight_rounding.nodes` name prefixes when given. The layer inputs come from
+onnxruntime running the fp32 graph on calibration samples (the standard, non-sequential AdaRound objective).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..errors import StageError
+from ..stages import Stage, StageContext
+from . import component_key, keep_float_in_component, keep_float_patterns
+
+GRID_LEVELS = 127  # symmetric int8 weights: q in [-127, 127], step = max|w| / 127
+REG = 10.0  # weight of the rounding regulariser against the relative reconstruction error
+INPUT_BUDGET_FLOATS = 128 * 1024 * 1024  # layer inputs held at once (512 MiB of float32)
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def rounding_layers(model, skip: set[str], prefixes: list[str] | None) -> list[dict]:
+    """What it does: an fp32 ONNX graph -> the layers whose constant weight can be re-rounded: one dict per node
+    with its name, op, input tensor, weight initializer, output-channel axis and torch-side attributes."""
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    layers = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or node.name in skip or len(node.input) < 2:
+            continue
+        if prefixes is not None and not any(node.name.startswith(p) for p in prefixes):
+            continue
+        w = inits.get(node.input[1])
+        if w is None or uses.get(node.input[1], 0) != 1 or w.data_type != 1:  # float32 constant, used once
+            continue
+        a = _attrs(node)
+        if node.op_type == "Conv":
+            if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID") or len(w.dims) != 4:
+                continue
+            pads = list(a.get("pads", [0, 0, 0, 0]))
+            layers.append(dict(name=node.name, op="conv", input=node.input[0], weight=w.name, axis=0,
+                               stride=tuple(a.get("strides", [1, 1])), dilation=tuple(a.get("dilations", [1, 1])),
+                               groups=int(a.get("group", 1)), pads=(pads[1], pads[3], pads[0], pads[2])))
+        elif node.op_type == "Gemm":
+            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or len(w.dims) != 2:
+                continue
+            layers.append(dict(name=node.name, op="linear", input=node.input[0], weight=w.name,
+                               axis=0 if a.get("transB", 0) else 1))
+        elif len(w.dims) == 2:
+            layers.append(dict(name=node.name, op="linear", input=node.input[0], weight=w.name, axis=1))
+    return layers
+
+
+def _forward(layer: dict, x, w):
+    """What it does: one layer's weight-only output (no bias: it cancels in the reconstruction error)."""
+    import torch
+    from torch.nn import functional as F
+
+    if layer["op"] == "conv":
+        if any(layer["pads"]):
+            x = F.pad(x, layer["pads"])
+        return F.conv2d(x, w, None, layer["stride"], 0, layer["dilation"], layer["groups"])
+    return torch.matmul(x, w if layer["axis"] == 1 else w.t())
+
+
+def grid_step(w: np.ndarray, axis: int) -> np.ndarray:
+    """What it does: a weight -> its symmetric per-output-channel int8 step max|w|/127, shaped to broadcast."""
+    other = tuple(i for i in range(w.ndim) if i != axis)
+    shape = [1] * w.ndim
+    shape[axis] = w.shape[axis]
+    return (np.abs(w).max(axis=other) / GRID_LEVELS).reshape(shape)
+
+
+def adaround(layer: dict, w: np.ndarray, inputs: np.ndarray, iterations: int, batch: int, crop: int,
+             seed: int, lr: float = 0.1) -> tuple[np.ndarray, float, float]:
+    """What it does: one layer's fp32 weight + its calibration inputs -> (grid-valued weight, output MSE of
+    round-to-nearest, output MSE of the learnt rounding) on the inputs. Each channel keeps its largest weight
+    exactly, so a toolchain recomputing max|w|/127 finds the same grid. Deterministic for a given seed."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    step_np = grid_step(w, layer["axis"])
+    live = np.broadcast_to(step_np > 0, w.shape)
+    step = torch.from_numpy(np.where(step_np > 0, step_np, 1.0).astype(np.float32))
+    wt = torch.from_numpy(w)
+    scaled = wt / step
+    floor = torch.floor(scaled)
+    rest = (scaled - floor).clamp(0, 1)
+    # h(V) = clip(1.2 sigmoid(V) - 0.1, 0, 1) starts at the fractional part
+    v0 = ((rest + 0.1) / 1.2).clamp(0.01, 0.99)
+    v = torch.log(v0 / (1 - v0)).requires_grad_(True)
+    opt = torch.optim.Adam([v], lr=lr)
+    x_all = torch.from_numpy(inputs)
+    spatial = layer["op"] == "conv"
+    warm = int(0.2 * iterations)
+
+    def sample():
+        idx = torch.randint(0, x_all.shape[0], (min(batch, x_all.shape[0]),), generator=gen)
+        x = x_all[idx]
+        if spatial and crop and x.shape[-1] > crop and x.shape[-2] > crop:
+            top = int(torch.randint(0, x.shape[-2] - crop + 1, (1,), generator=gen))
+            left = int(torch.randint(0, x.shape[-1] - crop + 1, (1,), generator=gen))
+            x = x[..., top:top + crop, left:left + crop]
+        return x
+
+    # The reconstruction loss is relative to round-to-nearest's error on a fixed probe batch: scale-free, so the
+    # rounding regulariser weighs the same in every layer. The probe also judges the result at the end.
+    probe = x_all[: min(8, x_all.shape[0])]
+    nearest = torch.round(scaled).clamp(-GRID_LEVELS, GRID_LEVELS)
+    with torch.no_grad():
+        ref = _forward(layer, probe, wt)
+        unit = float(torch.mean((_forward(layer, probe, step * nearest) - ref) ** 2))
+    if unit <= 0:
+        return w.copy(), 0.0, 0.0
+    for it in range(iterations):
+        x = sample()
+        with torch.no_grad():
+            target = _forward(layer, x, wt)
+        h = (torch.sigmoid(v) * 1.2 - 0.1).clamp(0, 1)
+        loss = torch.mean((_forward(layer, x, step * (floor + h)) - target) ** 2) / unit
+        if it >= warm:
+            beta = 20 - (20 - 2) * (it - warm) / max(iterations - warm, 1)
+            loss = loss + REG * torch.mean(1 - (2 * h - 1).abs().pow(beta))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        q = (floor + (torch.sigmoid(v) * 1.2 - 0.1 >= 0.5).float()).clamp(-GRID_LEVELS, GRID_LEVELS)
+        # the largest weight of each channel stays exactly as it is (+-127 steps): its channel's step must not change
+        other = tuple(i for i in range(w.ndim) if i != layer["axis"])
+        keep = (np.abs(w) == np.abs(w).max(axis=other, keepdims=True)) | ~live
+        out = np.where(keep, w, (step * q).numpy().astype(np.float32))
+        mse_learnt = float(torch.mean((_forward(layer, probe, torch.from_numpy(out)) - ref) ** 2))
+    if mse_learnt > unit:  # never worse than the toolchains' own rounding on the probe batch
+        return np.where(keep, w, (step * nearest).numpy().astype(np.float32)), unit, unit
+    return out, unit, mse_learnt
+
+
+def layer_inputs(model_path: str, layers: list[dict], samples: list[dict]) -> Iterator[tuple[list[dict], dict]]:
+    """What it does: the fp32 graph + layers + calibration samples -> chunks of (layers, {input name: stacked
+    array}) bounded by INPUT_BUDGET_FLOATS, captured with onnxruntime (one thread)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(model_path)
+    existing = {o.name for o in model.graph.output}
+    names = list(dict.fromkeys(layer["input"] for layer in layers))
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    first = dict(zip(names, sess.run(names, samples[0])))
+    chunks, current, size = [], [], 0
+    for name in names:
+        need = first[name].size * len(samples)
+        if current and size + need > INPUT_BUDGET_FLOATS:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += need
+    if current:
+        chunks.append(current)
+    for chunk in chunks:
+        stacked = {n: [first[n]] for n in chunk}
+        for sample in samples[1:]:
+            for n, value in zip(chunk, sess.run(chunk, sample)):
+                stacked[n].append(value)
+        arrays = {n: np.concatenate(v, axis=0) if v[0].ndim == 4 else np.stack(v) for n, v in stacked.items()}
+        yield [layer for layer in layers if layer["input"] in arrays], arrays
+
+
+class RoundWeights(Stage):
+    """fp32 ONNX -> the same graph with AdaRound-chosen int8 grid values as weights (int8 chains only)."""
+
+    name = "round_weights"
+    version = 1
+    consumes = ("onnx",)
+    produces = "onnx"
+    needs_calibration = True
+    requires = ("onnx", "onnxruntime", "torch")
+    extra = "onnx"
+
+    def config(self, ctx: StageContext) -> dict:
+        rounding = ctx.release.model.weight_rounding
+        return component_key(ctx, {"weight_rounding": rounding.model_dump(mode="json"),
+                                   "per_channel": ctx.target.quantization.per_channel,
+                                   "keep_float": keep_float_patterns(ctx)})
+
+    def run(self, artifact, ctx: StageContext):
+        import onnx
+        import torch
+        from onnx import numpy_helper
+
+        from .onnx import _keep_float_nodes
+
+        rounding = ctx.release.model.weight_rounding
+        q = ctx.target.quantization
+        if not q.per_channel or not q.symmetric_weights:
+            raise StageError(f"model.weight_rounding needs per-channel symmetric int8 weights; target "
+                             f"'{ctx.target.name}' has per_channel={q.per_channel}, "
+                             f"symmetric_weights={q.symmetric_weights}")
+        model = onnx.load(str(artifact.main_file))
+        nodes = [n.name for n in model.graph.node]
+        patterns = keep_float_in_component(ctx, keep_float_patterns(ctx), nodes,
+                                           (n.op_type for n in model.graph.node))
+        skip = set(_keep_float_nodes(model, patterns))
+        layers = rounding_layers(model, skip, rounding.nodes)
+        samples = list(ctx.calibration)[: rounding.samples]
+        inits = {i.name: i for i in model.graph.initializer}
+        report = []
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the chosen rounding must not depend on the machine's core count
+        try:
+            with ctx.progress.task(f"adaround {len(layers)} layers x{rounding.iterations}", len(layers)) as task:
+                for chunk, arrays in layer_inputs(str(artifact.main_file), layers, samples):
+                    for layer in chunk:
+                        index = layers.index(layer)
+                        w = numpy_helper.to_array(inits[layer["weight"]]).astype(np.float32)
+                        new, before, after = adaround(layer, w, arrays[layer["input"]], rounding.iterations,
+                                                      rounding.batch_size, rounding.crop, rounding.seed + index,
+                                                      rounding.lr)
+                        inits[layer["weight"]].CopyFrom(numpy_helper.from_array(new, layer["weight"]))
+                        report.append({"node": layer["name"], "mse_nearest": before, "mse_adaround": after})
+                        task.advance()
+        except Exception as err:
+            raise StageError(f"weight rounding failed: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+        finally:
+            torch.set_num_threads(threads)
+        out = ctx.workdir / "model.onnx"
+        onnx.save(model, str(out))
+        ratios = [r["mse_adaround"] / r["mse_nearest"] for r in report if r["mse_nearest"] > 0]
+        meta = {"weight_rounding": {
+            "method": rounding.method, "layers": len(report), "samples": len(samples),
+            "iterations": rounding.iterations,
+            "median_mse_ratio": float(np.median(ratios)) if ratios else None,
+            "worst_mse_ratio": float(max(ratios)) if ratios else None,
+            "per_layer": report}}
+        if not report:
+            meta["weight_rounding"]["note"] = "no layer to round in this graph"
+        return ctx.artifact("onnx", component=artifact.component, precision="fp32", meta=meta,
+                            main_file="model.onnx")
