@@ -209,6 +209,8 @@ def _quantization_manifest(profile, model, result) -> dict | None:
         out["weight_rounding"] = rounding
     if "weight_only_int8_nodes" in model.meta:  # onnx: which kept-float layers store int8 weights
         out["weight_only_int8_nodes"] = model.meta["weight_only_int8_nodes"]
+    if model.meta.get("weight_only_int8_tensors"):  # tflite: which kept-float FC weights are stored int8
+        out["weight_only_int8_tensors"] = model.meta["weight_only_int8_tensors"]
     if "kept_float_weights" in model.meta:  # openvino: how the kept-float layers' weights are stored
         out["kept_float_weights"] = model.meta["kept_float_weights"]
     sens = getattr(result, "sensitivity", None)

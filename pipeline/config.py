@@ -188,9 +188,10 @@ class ModelConfig(_Strict):
         description="extra keep_float entries for one format only (e.g. a transformer tower that TFLite's "
                     "int8 kernels cannot run); declared in the manifest like the others")
     kept_float_weights: Literal["float32", "int8"] = Field(
-        "float32", description="int8 targets, ONNX and OpenVINO: the Conv/MatMul/Gemm layers kept float (keep_float) "
-                               "store their constant weights as int8 (weight-only, symmetric per output channel) "
-                               "and compute in float; LiteRT has no such path and keeps them float32")
+        "float32", description="int8 targets: the layers kept float (keep_float) store their constant weights as int8 "
+                               "(weight-only, symmetric per output channel) and compute in float: ONNX "
+                               "Conv/MatMul/Gemm via DequantizeLinear, OpenVINO via NNCF weight compression, LiteRT "
+                               "FULLY_CONNECTED via DEQUANTIZE")
     weight_rounding: WeightRoundingConfig | None = Field(
         None, description="int8 targets: choose each weight's rounding (AdaRound) on calibration data before the "
                           "format's quantizer runs (it then keeps it); null = the toolchains' round-to-nearest")

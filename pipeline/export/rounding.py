@@ -233,7 +233,7 @@ class RoundWeights(Stage):
         torch.set_num_threads(1)  # the chosen rounding must not depend on the machine's core count
         try:
             with ctx.progress.task(f"adaround {len(layers)} layers x{rounding.iterations}", len(layers)) as task:
-                for chunk, arrays in layer_inputs(str(artifact.main_file), layers, samples):
+                for chunk, arrays in layer_inputs(str(artifact.main_file), layers, samples) if layers else ():
                     for layer in chunk:
                         index = layers.index(layer)
                         w = numpy_helper.to_array(inits[layer["weight"]]).astype(np.float32)

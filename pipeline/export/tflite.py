@@ -515,7 +515,9 @@ def _io_quantization(session, artifact: Artifact, iospec) -> tuple[dict, dict]:
 
 class QuantizeTflite(Stage):
     name = "quantize_tflite"
-    version = 1
+    # 2: keep_float covers comparisons of float values (bool outputs), e.g. ConSE's threshold, and float ops no
+    # longer read their float producers through an int8 QUANTIZE -> DEQUANTIZE round trip
+    version = 2
     consumes = ("savedmodel",)
     produces = "tflite"
     needs_calibration = True
@@ -523,9 +525,11 @@ class QuantizeTflite(Stage):
     extra = "tflite"
 
     def config(self, ctx: StageContext) -> dict:
-        return component_key(ctx, {"quantization": ctx.target.quantization.stage_settings(),
-                                   "calibration": ctx.target.calibration.model_dump(),
-                                   "keep_float": keep_float_patterns(ctx)})
+        key = {"quantization": ctx.target.quantization.stage_settings(),
+               "calibration": ctx.target.calibration.model_dump(), "keep_float": keep_float_patterns(ctx)}
+        if ctx.release.model.kept_float_weights != "float32":
+            key["kept_float_weights"] = ctx.release.model.kept_float_weights
+        return component_key(ctx, key)
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         tf = _import_tf()
@@ -541,6 +545,12 @@ class QuantizeTflite(Stage):
         nodes, keep_tensors = keep_float_scope(tf, artifact, patterns, calib) if patterns else ([], set())
         with ctx.progress.task(f"calibrate minmax x{len(calib)}", len(calib)) as task:
             buf = _quantize(tf, artifact, _representative(calib, artifact, task), ctx, keep_tensors)
+        round_trips = 0
+        if keep_tensors:
+            buf, round_trips = drop_float_round_trips(buf)
+        weight_only = []
+        if ctx.release.model.kept_float_weights == "int8":
+            buf, weight_only = weight_only_int8_tflite(buf)
         _, facts, session = _write_tflite(buf, ctx, artifact)
         graph = facts.pop("graph")
         floating = float_ops(graph)
@@ -552,11 +562,121 @@ class QuantizeTflite(Stage):
         io_quant, layouts = _io_quantization(session, artifact, ctx.iospec)
         meta = dict(facts, input_layouts=layouts, io_quantization=io_quant, signature=artifact.meta.get("signature"),
                     kept_float_nodes=nodes, kept_float_ops=floating, io_dtype=ctx.target.quantization.io_dtype,
-                    per_channel=ctx.target.quantization.per_channel,
+                    per_channel=ctx.target.quantization.per_channel, weight_only_int8_tensors=weight_only,
+                    float_round_trips_removed=round_trips,
                     calibration={"method": "minmax", "samples": len(calib)})
         record_applied(ctx, meta, patterns)
         return ctx.artifact("tflite", component=artifact.component, precision="int8", meta=meta,
                             main_file="model.tflite")
+
+
+def drop_float_round_trips(buf: bytes) -> tuple[bytes, int]:
+    """What it does: an int8 .tflite -> the same model without QUANTIZE -> DEQUANTIZE round trips between float
+    ops (how many were cut). The converter keeps such a pair on the output of an op kept float (e.g. the fixed
+    1/256 grid of a SOFTMAX output, ConSE's probabilities), so its float consumers would read int8-rounded
+    values; they now read the float tensor itself. A QUANTIZE whose int8 output has other consumers stays."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(buf, 0))
+    graph, codes = model.subgraphs[0], model.operatorCodes
+
+    def kind(op) -> int:
+        return max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode)
+
+    producer = {int(t): op for op in graph.operators for t in op.outputs}
+    outputs = {int(t) for t in graph.outputs}
+    cut, drop = 0, set()
+    for op in graph.operators:
+        if kind(op) != fb.BuiltinOperator.DEQUANTIZE:
+            continue
+        src = producer.get(int(op.inputs[0]))
+        if src is None or kind(src) != fb.BuiltinOperator.QUANTIZE:
+            continue
+        before = int(src.inputs[0])
+        if graph.tensors[before].type != fb.TensorType.FLOAT32 or int(op.outputs[0]) in outputs:
+            continue
+        after = int(op.outputs[0])
+        for other in graph.operators:
+            other.inputs = [before if int(t) == after else int(t) for t in other.inputs]
+        drop.add(id(op))
+        cut += 1
+    if not cut:
+        return buf, 0
+    graph.operators = [op for op in graph.operators if id(op) not in drop]
+    used = {int(t) for op in graph.operators for t in op.inputs}
+    graph.operators = [op for op in graph.operators if not (kind(op) == fb.BuiltinOperator.QUANTIZE and
+                                                            int(op.outputs[0]) not in used | outputs)]
+    builder = flatbuffers.Builder(len(buf))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), cut
+
+
+def weight_only_int8_tflite(buf: bytes, min_elements: int = 4096) -> tuple[bytes, list[str]]:
+    """What it does: an int8 .tflite -> the same model where every FULLY_CONNECTED that stayed float (keep_float)
+    reads its constant float32 weight [N, K] (at least `min_elements`) from an int8 copy through a DEQUANTIZE
+    (symmetric, per output row, q in [-127, 127]), plus the names of the weights changed. The float32 copy
+    leaves the file; the runtime dequantizes the constant once, the FC computes in float as before."""
+    import flatbuffers
+    import numpy as np
+    from tensorflow.lite.python import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(buf, 0))
+    graph, codes = model.subgraphs[0], model.operatorCodes
+
+    def builtin(code) -> int:
+        return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+    uses: dict[int, int] = {}
+    for op in graph.operators:
+        for t in op.inputs:
+            uses[t] = uses.get(t, 0) + 1
+    dequantize = next((i for i, c in enumerate(codes) if builtin(c) == fb.BuiltinOperator.DEQUANTIZE
+                       and c.version >= 2), None)
+    added, changed = [], []
+    for op in graph.operators:
+        if builtin(codes[op.opcodeIndex]) != fb.BuiltinOperator.FULLY_CONNECTED or len(op.inputs) < 2:
+            continue
+        index = int(op.inputs[1])
+        tensor = graph.tensors[index]
+        data = model.buffers[tensor.buffer].data
+        if tensor.type != fb.TensorType.FLOAT32 or data is None or len(data) == 0 or uses.get(index) != 1:
+            continue
+        w = np.frombuffer(bytes(bytearray(data)), dtype=np.float32).reshape(tensor.shape)
+        if w.ndim != 2 or w.size < min_elements:
+            continue
+        scale = (np.abs(w).max(axis=1) / 127.0).astype(np.float32)
+        scale[scale == 0] = 1.0
+        q = np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8)
+        name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+        qbuf = fb.BufferT()
+        qbuf.data = np.frombuffer(q.tobytes(), dtype=np.uint8)
+        model.buffers.append(qbuf)
+        params = fb.QuantizationParametersT()
+        params.scale, params.zeroPoint, params.quantizedDimension = [float(x) for x in scale], [0] * len(scale), 0
+        qtensor = fb.TensorT()
+        qtensor.name, qtensor.shape, qtensor.type = f"{name}_int8", list(tensor.shape), fb.TensorType.INT8
+        qtensor.buffer, qtensor.quantization = len(model.buffers) - 1, params
+        graph.tensors.append(qtensor)
+        model.buffers[tensor.buffer].data = None  # the float32 copy leaves the file
+        model.buffers.append(fb.BufferT())
+        tensor.buffer = len(model.buffers) - 1  # now computed, once, by the DEQUANTIZE
+        if dequantize is None:
+            code = fb.OperatorCodeT()
+            code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.DEQUANTIZE
+            code.version = 2  # int8 input
+            codes.append(code)
+            dequantize = len(codes) - 1
+        deq = fb.OperatorT()
+        deq.opcodeIndex, deq.inputs, deq.outputs = dequantize, [len(graph.tensors) - 1], [index]
+        added.append(deq)
+        changed.append(name)
+    if not changed:
+        return buf, []
+    graph.operators = added + graph.operators  # constant inputs only: first in execution order
+    builder = flatbuffers.Builder(len(buf))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), changed
 
 
 # --------------------------------------------------------------------------- keep_float: ONNX nodes -> TFLite ops
@@ -673,6 +793,12 @@ def _match_values(onnx_values: dict, tflite_values: dict) -> dict[str, list[int]
     return matches
 
 
+def _compares_floats(graph: dict, op_index: int) -> bool:
+    """What it does: a TFLite op -> whether it takes a computed (non-constant) float32 tensor."""
+    return any(t >= 0 and graph["tensors"][t]["dtype"] == "float32" and not graph["tensors"][t]["const"]
+               for t in graph["ops"][op_index]["inputs"])
+
+
 def _node_ops(node, model, matches: dict, graph: dict, depth: int = 0) -> set[int]:
     """TFLite op indices that compute ONNX `node`: walk back from the first tensor holding its output to tensors
     that hold other ONNX values. A node whose output exists nowhere (fused into its consumer, like a Conv into
@@ -694,8 +820,14 @@ def _node_ops(node, model, matches: dict, graph: dict, depth: int = 0) -> set[in
         index = stack.pop()
         ops.add(index)
         for t in graph["ops"][index]["inputs"]:
-            # Integer and bool tensors (token ids, masks) are never quantized: they bound a node like a matched value.
             tensor = graph["tensors"][t] if t >= 0 else None
+            if tensor is not None and tensor["dtype"] == "bool" and t in producer and producer[t] not in ops \
+                    and _compares_floats(graph, producer[t]):
+                # A bool computed from float values (ConSE's "p >= T-th largest") is part of the node: in an int8
+                # model the comparison and what feeds it would otherwise compare quantized values.
+                stack.append(producer[t])
+                continue
+            # Integer and bool tensors (token ids, masks) are never quantized: they bound a node like a matched value.
             if tensor is None or tensor["const"] or tensor["dtype"] != "float32" or t in elsewhere \
                     or producer.get(t) in ops:
                 continue
