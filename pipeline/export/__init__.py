@@ -31,6 +31,29 @@ def keep_float_in_component(ctx, patterns: list[str], names, types) -> list[str]
     return [p for p in patterns if p in types or any(n.startswith(p) for n in names)]
 
 
+def quantizer_key(ctx) -> dict:
+    """What it does: a quantize stage's context -> its cache key: quantization and calibration settings, keep_float
+    entries, model.kept_float_weights when not float32 (so keys without it stay as they were), the component."""
+    key = {"quantization": ctx.target.quantization.stage_settings(),
+           "calibration": ctx.target.calibration.model_dump(), "keep_float": keep_float_patterns(ctx)}
+    if ctx.release.model.kept_float_weights != "float32":
+        key["kept_float_weights"] = ctx.release.model.kept_float_weights
+    return component_key(ctx, key)
+
+
+def symmetric_int8(w, axis: int):
+    """What it does: a float weight + its output-channel axis -> (int8 values, float32 scale per channel) on the
+    grid every int8 toolchain here uses: q in [-127, 127], step max|w|/127 per channel (all-zero channel: 1)."""
+    import numpy as np
+
+    other = tuple(i for i in range(w.ndim) if i != axis)
+    scale = (np.abs(w).max(axis=other) / 127.0).astype(np.float32)
+    scale[scale == 0] = 1.0
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8), scale
+
+
 def component_key(ctx, config: dict) -> dict:
     """What it does: a quantize stage's config -> the same, naming the component for component graphs (whose
     artifacts record the keep_float entries they applied); fused cache keys stay as they were."""

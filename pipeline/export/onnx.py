@@ -9,7 +9,7 @@ import warnings
 
 from ..artifact import Artifact
 from ..errors import StageError
-from . import component_key, keep_float_in_component, keep_float_patterns, record_applied
+from . import keep_float_in_component, keep_float_patterns, quantizer_key, record_applied, symmetric_int8
 from ..stages import Stage, StageContext
 
 
@@ -129,16 +129,15 @@ def io_quantization(model) -> dict[str, dict]:
 def weight_only_int8(model, nodes: set[str]) -> list[str]:
     """What it does: an ONNX graph + names of float-kept nodes -> the same graph (changed in place) where each of
     those Conv/MatMul/Gemm nodes reads its constant float32 weight through DequantizeLinear from an int8 copy
-    (symmetric, per output channel, q in [-127, 127]); returns the nodes changed. Compute stays float."""
+    (symmetric_int8: per output channel); returns the nodes changed. Compute stays float."""
+    from collections import Counter
+
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = Counter(name for node in model.graph.node for name in node.input)
     changed, new_nodes = [], []
     for node in model.graph.node:
         if node.name not in nodes or node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
@@ -147,23 +146,18 @@ def weight_only_int8(model, nodes: set[str]) -> list[str]:
         if node.op_type == "MatMul" and node.input[0] in inits and node.input[1] not in inits:
             slot = 0  # constant @ activation (e.g. a filterbank): its rows are the output channels
         init = inits.get(node.input[slot])
-        if init is None or init.data_type != onnx.TensorProto.FLOAT or uses.get(init.name) != 1:
+        if init is None or init.data_type != onnx.TensorProto.FLOAT or uses[init.name] != 1 or len(init.dims) < 2:
             continue
         w = numpy_helper.to_array(init)
-        if node.op_type == "Conv" or slot == 0:
-            axis = 0 if slot == 1 else w.ndim - 2
+        if node.op_type == "Conv":
+            axis = 0
+        elif slot == 0:
+            axis = w.ndim - 2
         elif node.op_type == "Gemm":
             axis = 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
         else:
             axis = w.ndim - 1
-        if w.ndim < 2:
-            continue
-        other = tuple(i for i in range(w.ndim) if i != axis)
-        scale = (np.abs(w).max(axis=other) / 127.0).astype(np.float32)
-        scale[scale == 0] = 1.0
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        q, scale = symmetric_int8(w, axis)
         base = init.name
         model.graph.initializer.remove(init)
         model.graph.initializer.extend([numpy_helper.from_array(q, f"{base}_int8"),
@@ -206,11 +200,7 @@ class QuantizeOnnx(Stage):
     extra = "onnx"
 
     def config(self, ctx: StageContext) -> dict:
-        key = {"quantization": ctx.target.quantization.stage_settings(),
-               "calibration": ctx.target.calibration.model_dump(), "keep_float": keep_float_patterns(ctx)}
-        if ctx.release.model.kept_float_weights != "float32":
-            key["kept_float_weights"] = ctx.release.model.kept_float_weights
-        return component_key(ctx, key)
+        return quantizer_key(ctx)
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         import onnx

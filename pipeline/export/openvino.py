@@ -15,7 +15,7 @@ from pathlib import Path
 from ..artifact import Artifact
 from ..errors import StageError
 from ..stages import Stage, StageContext
-from . import component_key, keep_float_in_component, keep_float_patterns, record_applied
+from . import keep_float_in_component, keep_float_patterns, quantizer_key, record_applied
 
 # Ops that are graph plumbing, not computation: never candidates for keep_float matching by name prefix.
 _STRUCTURAL_OPS = ("Parameter", "Result", "Constant")
@@ -314,11 +314,7 @@ class QuantizeOpenvino(Stage):
     extra = "openvino"
 
     def config(self, ctx: StageContext) -> dict:
-        key = {"quantization": ctx.target.quantization.stage_settings(),
-               "calibration": ctx.target.calibration.model_dump(), "keep_float": keep_float_patterns(ctx)}
-        if ctx.release.model.kept_float_weights != "float32":
-            key["kept_float_weights"] = ctx.release.model.kept_float_weights
-        return component_key(ctx, key)
+        return quantizer_key(ctx)
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         import openvino as ov

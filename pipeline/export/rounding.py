@@ -15,6 +15,7 @@ onnxruntime running the fp32 graph on calibration samples (the standard, non-seq
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
@@ -38,10 +39,7 @@ def rounding_layers(model, skip: set[str], prefixes: list[str] | None) -> list[d
     """What it does: an fp32 ONNX graph -> the layers whose constant weight can be re-rounded: one dict per node
     with its name, op, input tensor, weight initializer, output-channel axis and torch-side attributes."""
     inits = {i.name: i for i in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = Counter(name for node in model.graph.node for name in node.input)
     layers = []
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.name in skip or len(node.input) < 2:
@@ -49,7 +47,7 @@ def rounding_layers(model, skip: set[str], prefixes: list[str] | None) -> list[d
         if prefixes is not None and not any(node.name.startswith(p) for p in prefixes):
             continue
         w = inits.get(node.input[1])
-        if w is None or uses.get(node.input[1], 0) != 1 or w.data_type != 1:  # float32 constant, used once
+        if w is None or uses[node.input[1]] != 1 or w.data_type != 1:  # float32 constant, used once
             continue
         a = _attrs(node)
         if node.op_type == "Conv":

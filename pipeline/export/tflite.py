@@ -26,7 +26,7 @@ from pathlib import Path
 from ..artifact import Artifact
 from ..errors import StageError
 from ..stages import Stage, StageContext
-from . import component_key, keep_float_in_component, keep_float_patterns, record_applied
+from . import keep_float_in_component, keep_float_patterns, quantizer_key, record_applied, symmetric_int8
 
 # ONNX ops onnx2tf rebuilds from TFLite builtins: plain onnx2tf emits FlexErf, which LiteRT refuses to run.
 PSEUDO_OPS = ("Erf",)
@@ -525,11 +525,7 @@ class QuantizeTflite(Stage):
     extra = "tflite"
 
     def config(self, ctx: StageContext) -> dict:
-        key = {"quantization": ctx.target.quantization.stage_settings(),
-               "calibration": ctx.target.calibration.model_dump(), "keep_float": keep_float_patterns(ctx)}
-        if ctx.release.model.kept_float_weights != "float32":
-            key["kept_float_weights"] = ctx.release.model.kept_float_weights
-        return component_key(ctx, key)
+        return quantizer_key(ctx)
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         tf = _import_tf()
@@ -570,84 +566,87 @@ class QuantizeTflite(Stage):
                             main_file="model.tflite")
 
 
+def _unpack(buf: bytes):
+    """What it does: .tflite bytes -> (the flatbuffer schema module, its mutable ModelT, op -> builtin code)."""
+    from tensorflow.lite.python import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(buf, 0))
+    codes = model.operatorCodes
+
+    def builtin(op) -> int:
+        return max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode)
+
+    return fb, model, builtin
+
+
+def _pack(model, size_hint: int) -> bytes:
+    """What it does: a ModelT -> .tflite bytes."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(size_hint)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def drop_float_round_trips(buf: bytes) -> tuple[bytes, int]:
     """What it does: an int8 .tflite -> the same model without QUANTIZE -> DEQUANTIZE round trips between float
     ops (how many were cut). The converter keeps such a pair on the output of an op kept float (e.g. the fixed
     1/256 grid of a SOFTMAX output, ConSE's probabilities), so its float consumers would read int8-rounded
     values; they now read the float tensor itself. A QUANTIZE whose int8 output has other consumers stays."""
-    import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as fb
-
-    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(buf, 0))
-    graph, codes = model.subgraphs[0], model.operatorCodes
-
-    def kind(op) -> int:
-        return max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode)
-
+    fb, model, builtin = _unpack(buf)
+    graph = model.subgraphs[0]
     producer = {int(t): op for op in graph.operators for t in op.outputs}
     outputs = {int(t) for t in graph.outputs}
-    cut, drop = 0, set()
+    rewire, drop = {}, set()
     for op in graph.operators:
-        if kind(op) != fb.BuiltinOperator.DEQUANTIZE:
+        if builtin(op) != fb.BuiltinOperator.DEQUANTIZE:
             continue
         src = producer.get(int(op.inputs[0]))
-        if src is None or kind(src) != fb.BuiltinOperator.QUANTIZE:
+        if src is None or builtin(src) != fb.BuiltinOperator.QUANTIZE:
             continue
         before = int(src.inputs[0])
         if graph.tensors[before].type != fb.TensorType.FLOAT32 or int(op.outputs[0]) in outputs:
             continue
-        after = int(op.outputs[0])
-        for other in graph.operators:
-            other.inputs = [before if int(t) == after else int(t) for t in other.inputs]
+        rewire[int(op.outputs[0])] = before
         drop.add(id(op))
-        cut += 1
-    if not cut:
+    if not rewire:
         return buf, 0
     graph.operators = [op for op in graph.operators if id(op) not in drop]
-    used = {int(t) for op in graph.operators for t in op.inputs}
-    graph.operators = [op for op in graph.operators if not (kind(op) == fb.BuiltinOperator.QUANTIZE and
-                                                            int(op.outputs[0]) not in used | outputs)]
-    builder = flatbuffers.Builder(len(buf))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), cut
+    for op in graph.operators:
+        op.inputs = [rewire.get(int(t), int(t)) for t in op.inputs]
+    used = {int(t) for op in graph.operators for t in op.inputs} | outputs
+    graph.operators = [op for op in graph.operators
+                       if not (builtin(op) == fb.BuiltinOperator.QUANTIZE and int(op.outputs[0]) not in used)]
+    return _pack(model, len(buf)), len(rewire)
 
 
 def weight_only_int8_tflite(buf: bytes, min_elements: int = 4096) -> tuple[bytes, list[str]]:
     """What it does: an int8 .tflite -> the same model where every FULLY_CONNECTED that stayed float (keep_float)
     reads its constant float32 weight [N, K] (at least `min_elements`) from an int8 copy through a DEQUANTIZE
-    (symmetric, per output row, q in [-127, 127]), plus the names of the weights changed. The float32 copy
-    leaves the file; the runtime dequantizes the constant once, the FC computes in float as before."""
-    import flatbuffers
+    (symmetric_int8, per output row), plus the names of the weights changed. The float32 copy leaves the file;
+    the runtime dequantizes the constant once, the FC computes in float as before."""
+    from collections import Counter
+
     import numpy as np
-    from tensorflow.lite.python import schema_py_generated as fb
 
-    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(buf, 0))
+    fb, model, builtin = _unpack(buf)
     graph, codes = model.subgraphs[0], model.operatorCodes
-
-    def builtin(code) -> int:
-        return max(code.builtinCode, code.deprecatedBuiltinCode)
-
-    uses: dict[int, int] = {}
-    for op in graph.operators:
-        for t in op.inputs:
-            uses[t] = uses.get(t, 0) + 1
-    dequantize = next((i for i, c in enumerate(codes) if builtin(c) == fb.BuiltinOperator.DEQUANTIZE
-                       and c.version >= 2), None)
+    uses = Counter(int(t) for op in graph.operators for t in op.inputs)
+    dequantize = next((i for i, c in enumerate(codes) if max(c.builtinCode, c.deprecatedBuiltinCode) ==
+                       fb.BuiltinOperator.DEQUANTIZE and c.version >= 2), None)
     added, changed = [], []
     for op in graph.operators:
-        if builtin(codes[op.opcodeIndex]) != fb.BuiltinOperator.FULLY_CONNECTED or len(op.inputs) < 2:
+        if builtin(op) != fb.BuiltinOperator.FULLY_CONNECTED or len(op.inputs) < 2:
             continue
         index = int(op.inputs[1])
         tensor = graph.tensors[index]
         data = model.buffers[tensor.buffer].data
-        if tensor.type != fb.TensorType.FLOAT32 or data is None or len(data) == 0 or uses.get(index) != 1:
+        if tensor.type != fb.TensorType.FLOAT32 or data is None or len(data) == 0 or uses[index] != 1:
             continue
         w = np.frombuffer(bytes(bytearray(data)), dtype=np.float32).reshape(tensor.shape)
         if w.ndim != 2 or w.size < min_elements:
             continue
-        scale = (np.abs(w).max(axis=1) / 127.0).astype(np.float32)
-        scale[scale == 0] = 1.0
-        q = np.clip(np.round(w / scale[:, None]), -127, 127).astype(np.int8)
+        q, scale = symmetric_int8(w, 0)
         name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
         qbuf = fb.BufferT()
         qbuf.data = np.frombuffer(q.tobytes(), dtype=np.uint8)
@@ -674,9 +673,7 @@ def weight_only_int8_tflite(buf: bytes, min_elements: int = 4096) -> tuple[bytes
     if not changed:
         return buf, []
     graph.operators = added + graph.operators  # constant inputs only: first in execution order
-    builder = flatbuffers.Builder(len(buf))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), changed
+    return _pack(model, len(buf)), changed
 
 
 # --------------------------------------------------------------------------- keep_float: ONNX nodes -> TFLite ops
