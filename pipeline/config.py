@@ -67,6 +67,16 @@ class QuantizationConfig(_Strict):
         "first_layer", description="NNCF overflow fix: 7-bit weights (first layer / every layer) so that CPUs "
                                    "without VNNI cannot saturate u8*s8 sums; 'disable' = full 8-bit weights, for "
                                    "CPUs with VNNI/AMX only")
+    activations: Literal["static", "dynamic"] = Field(
+        "static", description="static = activation ranges calibrated ahead of time (every format); dynamic = weights "
+                              "int8 ahead of time, activations quantized per input at run time (ONNX Runtime "
+                              "MatMulInteger, LiteRT dynamic-range kernels), no calibration: for transformers whose "
+                              "activation ranges vary from input to input. OpenVINO: static only")
+    blockwise: list[str] = Field(
+        default_factory=list,
+        description="ONNX with activations: dynamic: node-name prefixes of MatMuls whose weights are int8 in blocks "
+                    "of 128 inputs (onnxruntime MatMulNBits, 8 bit, int8 compute) instead of per output channel, "
+                    "for inputs with outlier channels (a transformer's FFN down-projection)")
     io_dtype: Literal["float32", "int8", "uint8"] = Field(
         "float32", description="TFLite int8: dtype of float model inputs/outputs (int8 writes scale/zero-point)")
     sensitivity: SensitivityConfig = Field(
@@ -77,7 +87,17 @@ class QuantizationConfig(_Strict):
     def stage_settings(self) -> dict:
         """What it does: the settings that change a quantizer's output (for stage cache keys): all but the
         sensitivity pass, whose choices reach the quantizers as keep_float entries."""
-        return self.model_dump(exclude={"sensitivity"})
+        settings = self.model_dump(exclude={"sensitivity"})
+        for name in ("activations", "blockwise"):  # at their defaults they stay out: earlier cache keys hold
+            if settings[name] == type(self).model_fields[name].default or settings[name] == []:
+                settings.pop(name)
+        return settings
+
+    @model_validator(mode="after")
+    def _blockwise_is_dynamic(self):
+        if self.blockwise and self.activations != "dynamic":
+            raise ValueError("quantization.blockwise applies to activations: dynamic only")
+        return self
 
 
 class CalibrationConfig(_Strict):
@@ -135,6 +155,19 @@ class TargetProfile(_Strict):
         fits = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
         if fits[self.format] != self.runtime:
             raise ValueError(f"runtime '{self.runtime}' cannot load format '{self.format}'; use '{fits[self.format]}'")
+        return self
+
+    @model_validator(mode="after")
+    def _dynamic_fits(self):
+        q = self.quantization
+        if q.activations == "dynamic" and self.format == "openvino":
+            raise ValueError("quantization.activations 'dynamic' is not available for openvino (NNCF quantizes "
+                             "activations statically); use 'static'")
+        if q.blockwise and self.format != "onnx":
+            raise ValueError(f"quantization.blockwise is an onnxruntime scheme; format '{self.format}' has none")
+        if q.activations == "dynamic" and q.sensitivity.enabled:
+            raise ValueError("quantization.sensitivity ranks static int8 layers; it does not apply to "
+                             "activations: dynamic")
         return self
 
     @model_validator(mode="after")

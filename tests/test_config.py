@@ -98,3 +98,21 @@ def test_schema_files_are_current():
 
 def test_default_release_path_exists():
     assert DEFAULT_RELEASE.is_file()
+
+
+def test_dynamic_activations_fit_only_onnx_and_tflite():
+    from pipeline.config import TargetProfile
+
+    base = {"name": "t", "format": "onnx", "precision": "int8", "runtime": "onnxruntime"}
+    ok = TargetProfile.model_validate({**base, "quantization": {"activations": "dynamic", "blockwise": ["/a/"]}})
+    assert ok.quantization.stage_settings()["activations"] == "dynamic"
+    # at their defaults the two settings stay out of the stage cache keys
+    assert "activations" not in TargetProfile.model_validate(base).quantization.stage_settings()
+    with pytest.raises(ValueError, match="not available for openvino"):
+        TargetProfile.model_validate({**base, "format": "openvino", "runtime": "openvino",
+                                      "quantization": {"activations": "dynamic"}})
+    with pytest.raises(ValueError, match="blockwise applies to activations: dynamic"):
+        TargetProfile.model_validate({**base, "quantization": {"blockwise": ["/a/"]}})
+    with pytest.raises(ValueError, match="onnxruntime scheme"):
+        TargetProfile.model_validate({**base, "format": "tflite", "runtime": "litert",
+                                      "quantization": {"activations": "dynamic", "blockwise": ["/a/"]}})

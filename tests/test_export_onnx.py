@@ -122,3 +122,63 @@ def test_weight_only_int8_keeps_float_compute_and_shrinks_the_weight(tmp_path):
     err = np.abs(got - ref).max() / np.abs(ref).max()
     assert 0 < err < 0.02, err  # int8 weights: close, but not the float result (the weights did change)
     assert weight_only_int8(model, {"no_such_node"}) == []
+
+
+def _dynamic(profile, **changes):
+    return profile.model_copy(update={"name": "host-onnx-int8-dynamic", "quantization": profile.quantization.model_copy(
+        update={"activations": "dynamic", **changes})})
+
+
+def test_dynamic_activations_quantize_at_run_time_and_verify(onnx_models):
+    """activations: dynamic -> MatMulInteger with DynamicQuantizeLinear, no calibrated activation ranges; the
+    float-kept log-mel MatMul stays float; the artifact passes the tiny model's gate."""
+    runner, state, profile, fp32, int8 = onnx_models
+    dyn = _dynamic(profile)
+    art = runner.run_stage(state, "quantize_onnx", fp32, dyn.name, dyn, calibration_for(runner, state, dyn))
+    assert art.sha256 != int8.sha256 and art.meta["activations"] == "dynamic"
+    assert art.meta["calibration"]["samples"] == 0
+    ops = art.meta["ops"]
+    assert ops.get("MatMulInteger", 0) > 0 and ops.get("DynamicQuantizeLinear", 0) > 0, ops
+    assert "QuantizeLinear" not in ops  # no activation range was fixed ahead of time
+    assert "/audio/logmel/MatMul" in art.meta["kept_float_nodes"]
+    ver = runner.run_stage(state, "verify", art, dyn.name, dyn, deps={"reference": state.reference})
+    assert ver.meta["agreement"] >= 0.97, ver.meta["agreement"]
+    bad = _dynamic(profile, activation_type="int8")
+    with pytest.raises(StageError, match="asymmetric uint8"):
+        runner.run_stage(state, "quantize_onnx", fp32, "bad", bad, calibration_for(runner, state, bad))
+
+
+def test_gemm_rewrite_and_blockwise_matmul_keep_the_function(tmp_path):
+    """Gemm -> MatMul (+ Add) is exact; blockwise int8 (MatMulNBits) stays close to float, and a blockwise entry
+    that names nothing is an error."""
+    import onnxruntime as ort
+    import torch
+
+    from pipeline.export.onnx import _blockwise, gemm_to_matmul
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(256, 384), torch.nn.ReLU(), torch.nn.Linear(384, 16)).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(net, torch.zeros(4, 256), str(path), input_names=["x"], output_names=["y"], opset_version=17,
+                      dynamo=False)
+    model = onnx.load(str(path))
+    gemms = [n.name for n in model.graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 2 and sorted(gemm_to_matmul(model)) == sorted(gemms)
+    assert "Gemm" not in {n.op_type for n in model.graph.node}
+    x = np.random.default_rng(0).normal(size=(4, 256)).astype(np.float32)
+    ref = net(torch.from_numpy(x)).detach().numpy()
+
+    def run(m):
+        onnx.save(m, str(tmp_path / "r.onnx"))
+        return ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"]).run(None,
+                                                                                                       {"x": x})[0]
+
+    np.testing.assert_allclose(run(model), ref, rtol=1e-5, atol=1e-5)
+    blocked, chosen = _blockwise(model, [gemms[0]])
+    assert chosen == [gemms[0]]
+    assert [n.op_type for n in blocked.graph.node].count("MatMulNBits") == 1
+    got = run(blocked)
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert 0 < err < 0.02, err
+    with pytest.raises(StageError, match="no_such_layer"):
+        _blockwise(onnx.load(str(path)), ["no_such_layer"])

@@ -190,6 +190,18 @@ def _artifact(root: Path, kind: str, main_file: str, meta: dict | None = None) -
                     meta=dict(meta or {}, main_file=main_file), root=root)
 
 
+def _export_image_net(net, root: Path, classes: int) -> IOSpec:
+    """A torch net on 16x16 RGB images -> root/onnx/model.onnx; returns its IOSpec (image -> scores)."""
+    import torch
+
+    (root / "onnx").mkdir()
+    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(root / "onnx" / "model.onnx"), dynamo=False,
+                      opset_version=17, input_names=["image"], output_names=["scores"])
+    return IOSpec(inputs=(TensorSpec(name="image", shape=(1, 3, 16, 16), dtype="float32", layout="NCHW",
+                                     modality="image"),),
+                  outputs=(TensorSpec(name="scores", shape=(1, classes), dtype="float32", layout="NC"),))
+
+
 @pytest.fixture(scope="module")
 def gelu(tiny_build, tmp_path_factory):
     """An image-only conv + GELU model through export_savedmodel. All inputs are 3-channel images, so onnx2tf would
@@ -201,12 +213,7 @@ def gelu(tiny_build, tmp_path_factory):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten(), torch.nn.Linear(8, 2)).eval()
-    (root / "onnx").mkdir()
-    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(root / "onnx" / "model.onnx"), dynamo=False,
-                      opset_version=17, input_names=["image"], output_names=["scores"])
-    iospec = IOSpec(inputs=(TensorSpec(name="image", shape=(1, 3, 16, 16), dtype="float32", layout="NCHW",
-                                       modality="image"),),
-                    outputs=(TensorSpec(name="scores", shape=(1, 2), dtype="float32", layout="NC"),))
+    iospec = _export_image_net(net, root, 2)
     images = np.random.default_rng(0).normal(size=(65, 3, 16, 16)).astype(np.float32)
     state = _state_for(tiny_state, iospec, {"image": images[:1]})
     profile = load_profile(FP32, tiny_state.plan.base_dir)
@@ -368,3 +375,51 @@ def test_weight_only_int8_fc_reads_an_int8_copy_through_dequantize(tmp_path):
     err = np.abs(results[0] - results[1]).max() / np.abs(results[0]).max()
     assert 0 < err < 0.02, err  # int8 weights: close, not equal
     assert weight_only_int8_tflite(out)[1] == []  # nothing float left to convert
+
+
+@pytest.fixture(scope="module")
+def mlp(tiny_build, tmp_path_factory):
+    """A small conv + MLP image model whose weights are big enough for dynamic-range int8 (>= 1024 elements)."""
+    import torch
+
+    runner, tiny_state = tiny_build
+    root = tmp_path_factory.mktemp("mlp")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(),
+                              torch.nn.Linear(256, 4)).eval()
+    iospec = _export_image_net(net, root, 4)
+    images = np.random.default_rng(1).normal(size=(40, 3, 16, 16)).astype(np.float32)
+    state = _state_for(tiny_state, iospec, {"image": images[:1]})
+    release = state.plan.release
+    state.plan = SimpleNamespace(base_dir=tiny_state.plan.base_dir, release=release.model_copy(
+        update={"model": release.model.model_copy(update={"keep_float": [], "keep_float_by_format": {}})}))
+    profile = load_profile(FP32, tiny_state.plan.base_dir)
+    saved = runner.run_stage(state, "export_savedmodel", _artifact(root / "onnx", "onnx", "model.onnx"), "mlp",
+                             profile)
+    fp32 = runner.run_stage(state, "convert_tflite", saved, "mlp", profile)
+    return SimpleNamespace(runner=runner, state=state, saved=saved, fp32=fp32, images=images,
+                           calib=CalibrationSet({"image": images[1:]}, iospec, "random images"),
+                           base=tiny_state.plan.base_dir)
+
+
+def test_dynamic_range_int8_stores_int8_weights_and_stays_close(mlp, tiny_build):
+    """activations: dynamic -> int8 weights, float activations quantized at run time; a quarter of the file and
+    close to fp32. With a float-kept layer (the tiny model's log-mel front-end) it refuses, naming the entry."""
+    int8 = _with_quantization(load_profile(INT8, mlp.base), "mlp-dynamic", activations="dynamic")
+    art = mlp.runner.run_stage(mlp.state, "quantize_tflite", mlp.saved, int8.name, int8, mlp.calib)
+    assert art.meta["activations"] == "dynamic" and art.meta["int8_weight_tensors"] >= 2
+    assert art.meta["weights_dtypes"]["int8"]["bytes"] > art.meta["weights_dtypes"]["float32"]["bytes"]
+    assert art.main_file.stat().st_size < 0.45 * mlp.fp32.main_file.stat().st_size
+    fp32_model, int8_model = (open_model(str(a.main_file), "tflite", 1) for a in (mlp.fp32, art))
+    for i in range(4):
+        feeds = adapt_sample({"image": mlp.images[i:i + 1]}, art)
+        want, got = fp32_model.run(feeds)["scores"], int8_model.run(feeds)["scores"]
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert 0 < err < 0.05, err
+    runner, state = tiny_build
+    saved = runner.run_stage(state, "export_savedmodel", runner.run_stage(state, "export_onnx", state.torch_model,
+                                                                          FP32, load_profile(FP32, mlp.base)),
+                             FP32, load_profile(FP32, mlp.base))
+    with pytest.raises(StageError, match="/audio/logmel/.*no per-op exceptions"):
+        runner.run_stage(state, "quantize_tflite", saved, int8.name, int8, calibration_for(runner, state, int8))

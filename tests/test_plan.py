@@ -39,9 +39,9 @@ def test_default_plan():
     assert [t.name for t in plan.targets][:3] == ["host-onnx-fp32", "host-onnx-fp32-components", "host-onnx-int8"]
     assert len(plan.targets) == 12 and cfg.model.export == "both"  # six host profiles, fused + components
     chains = {t.name: t.chain for t in plan.targets}
-    # model.weight_rounding: AdaRound before the ORT and LiteRT quantizers (not OpenVINO: no gain measured)
+    # model.weight_rounding: AdaRound before each format's quantizer
     assert chains["host-onnx-int8"] == ("export_onnx", "round_weights", "quantize_onnx")
-    assert chains["host-openvino-int8"] == ("export_onnx", "convert_openvino", "quantize_openvino")
+    assert chains["host-openvino-int8"] == ("export_onnx", "round_weights", "convert_openvino", "quantize_openvino")
     assert chains["host-tflite-int8"] == ("export_onnx", "round_weights", "export_savedmodel", "quantize_tflite")
 
 

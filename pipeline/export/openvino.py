@@ -247,7 +247,8 @@ def _quiet_nncf(nncf_logger):
 # QuantizationConfig fields that belong to the ONNX/TFLite quantizers. NNCF decides these itself (its preset
 # picks activation symmetry, the plugin picks u8/i8 per tensor), so a profile that sets one explicitly to a value
 # NNCF would not use is refused rather than silently ignored.
-_NNCF_FIXED = {"symmetric_weights": True, "weight_type": "int8", "io_dtype": "float32", "op_types": None}
+_NNCF_FIXED = {"symmetric_weights": True, "weight_type": "int8", "io_dtype": "float32", "op_types": None,
+               "activations": "static", "blockwise": []}
 _NNCF_UNUSED = ("activation_type",)
 
 

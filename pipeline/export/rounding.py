@@ -201,7 +201,8 @@ class RoundWeights(Stage):
 
     def config(self, ctx: StageContext) -> dict:
         rounding = ctx.release.model.weight_rounding
-        return component_key(ctx, {"weight_rounding": rounding.model_dump(mode="json"),
+        # formats only picks the chains that include this stage: it does not change the rounding
+        return component_key(ctx, {"weight_rounding": rounding.model_dump(mode="json", exclude={"formats"}),
                                    "per_channel": ctx.target.quantization.per_channel,
                                    "keep_float": keep_float_patterns(ctx)})
 

@@ -536,6 +536,8 @@ class QuantizeTflite(Stage):
             graph_nodes = onnx.load(str(artifact.path("model.onnx"))).graph.node
             patterns = keep_float_in_component(ctx, patterns, [n.name for n in graph_nodes],
                                                [n.op_type for n in graph_nodes])
+        if ctx.target.quantization.activations == "dynamic":
+            return _quantize_dynamic(tf, artifact, ctx, patterns)
         _check_settings(ctx, patterns)
         calib = ctx.calibration
         nodes, keep_tensors = keep_float_scope(tf, artifact, patterns, calib) if patterns else ([], set())
@@ -564,6 +566,40 @@ class QuantizeTflite(Stage):
         record_applied(ctx, meta, patterns)
         return ctx.artifact("tflite", component=artifact.component, precision="int8", meta=meta,
                             main_file="model.tflite")
+
+
+def _quantize_dynamic(tf, artifact: Artifact, ctx: StageContext, patterns: list[str]) -> Artifact:
+    """activations: dynamic -> TFLiteConverter's dynamic-range mode: weights int8 (per output channel), float
+    activations quantized per input at run time by LiteRT's hybrid FULLY_CONNECTED/CONV kernels; no calibration."""
+    q = ctx.target.quantization
+    if patterns:
+        raise StageError(f"keep_float entry '{patterns[0]}' with activations: dynamic: TFLiteConverter's "
+                         "dynamic-range mode has no per-op exceptions")
+    if q.io_dtype != "float32":
+        raise StageError(f"target '{ctx.target.name}': activations: dynamic keeps float32 inputs and outputs; "
+                         f"io_dtype '{q.io_dtype}' needs static int8")
+
+    def build() -> bytes:
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(artifact.main_file))
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative dataset: dynamic range
+        conv._experimental_disable_per_channel = not q.per_channel
+        return conv.convert()
+
+    with ctx.progress.task("quantize weights (dynamic activations)", 1) as task:
+        buf = _convert(build, "TFLiteConverter (dynamic-range int8)")
+        task.advance()
+    _, facts, session = _write_tflite(buf, ctx, artifact)
+    graph = facts.pop("graph")
+    int8_weights = [t["name"] for t in graph["tensors"] if t["const"] and t["dtype"] == "int8"]
+    if not int8_weights:
+        raise StageError("TFLiteConverter's dynamic-range mode left every weight float (no int8 constant)")
+    io_quant, layouts = _io_quantization(session, artifact, ctx.iospec)
+    meta = dict(facts, input_layouts=layouts, io_quantization=io_quant, signature=artifact.meta.get("signature"),
+                kept_float_nodes=[], kept_float_ops=[], io_dtype=q.io_dtype, per_channel=q.per_channel,
+                activations="dynamic", int8_weight_tensors=len(int8_weights),
+                calibration={"method": "none (activations quantized at run time)", "samples": 0})
+    record_applied(ctx, meta, patterns)
+    return ctx.artifact("tflite", component=artifact.component, precision="int8", meta=meta, main_file="model.tflite")
 
 
 def _unpack(buf: bytes):

@@ -38,25 +38,24 @@ from .minilm import EMBED_DIM, MiniLMEncoder
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "calibration_data" / "smartcam" / "prompts.txt"
 VOCAB_FILE = "vocab.txt"  # in the dataset directory: the MiniLM package's vocab.txt (checked by sha256 at create)
 TEXT_DATA = "text"  # the text encoder's own sentences: <dataset>/text/{calibration,eval}.npz
-# The six FFN down-projections (input: GELU output with outlier activations) cost most of MiniLM's int8 fidelity
-# in static quantization (research/models.md: ORT cos 0.937 -> 0.989 with them float).
+# The six FFN down-projections read the GELU output, whose outlier channels cost most of MiniLM's int8 fidelity
+# (research/models.md: ORT static int8 cos 0.937 -> 0.989 with them float).
 FFN_OUT = [f"/text_encoder/encoder/layer.{i}/output/dense/" for i in range(6)]
-# With those float, ORT int8 still ended at cosine 0.9943 (goal 0.995). Keeping each of the other 42 MatMul/Gemm
-# nodes float one at a time, only the FFN up-projections moved it (+0.0005..0.0009 each; layers 0 and 4 most);
-# calibration method, sample count, symmetric activations and per-tensor weights did not reach it. With layers 0
-# and 4 float: cosine 0.99605 mean / 0.99355 min on the 120 eval sentences, int8 file 41.4 % of fp32 (37.5 %
-# before), 1-thread speed-up ~1.35x (1.49x before), measured 2026-11-29.
-FFN_IN_FLOAT = [f"/text_encoder/encoder/layer.{i}/intermediate/dense/" for i in (0, 4)]
-# What the text encoder needs in int8 whatever the target (applied over the target profile, declared in the manifest):
-# TFLite full int8 of MiniLM collapses (research/models.md: cos 0.37; here cos 0.33 with the FFN-out, mask and
-# pooling ops float and 0.44 with only FC/BATCH_MATMUL int8) and aborts on the mask bias / pooling divisions. The
-# text encoder runs only when the prompts change, so TFLite int8 bundles carry it in float, declared as such.
-TFLITE_TEXT_FLOAT = ("full-integer int8 collapses all-MiniLM-L6-v2 in LiteRT (embedding cosine 0.33-0.44 with "
-                     "the FFN-out, mask, pooling or every non-matmul op float); it runs only when prompts change")
+# What the text encoder needs in int8 whatever the target (applied over the target profile, declared in the
+# manifest). Static int8 cannot follow MiniLM's activation ranges, which move from sentence to sentence: ORT static
+# QDQ reached cos 0.9957 only with eight FFN matmuls float (1.22x), LiteRT full integer collapses (cos 0.33-0.44
+# whatever stays float, and its int8 DIV aborts). With the activations quantized per input at run time, measured
+# 2026-11-29 on the 120 eval sentences, 1 thread, against fp32 in the same runtime:
+#   ORT quantize_dynamic (MatMulInteger, per-tensor uint8 activations): cos 0.9935 mean / 0.9889 min, 2.23x;
+#   the same with the six FFN down-projections blockwise (MatMulNBits 8 bit, 128-wide blocks, int8 compute):
+#   cos 0.9962 / 0.9936, 2.09x, file 25.5 % of fp32 (MatMulNBits everywhere: cos 0.9990 but 1.48x);
+#   LiteRT dynamic range (hybrid FULLY_CONNECTED, activations per row): cos 0.9986 / 0.9980, 3.04x, file 25.5 %.
+# OpenVINO stays static (NNCF transformer type: cos 0.9977, 2.7x) with fast bias correction: the profile's full
+# bias correction (right for EfficientNet) collapses MiniLM to cos 0.40.
 TEXT_QUANTIZATION = {
-    "onnx": {"op_types": ["MatMul", "Gemm", "Gather"], "keep_float": FFN_OUT + FFN_IN_FLOAT},
-    "openvino": {"model_type": "transformer"},
-    "tflite": {"float": TFLITE_TEXT_FLOAT},
+    "onnx": {"activations": "dynamic", "op_types": ["MatMul", "Gemm", "Gather"], "blockwise": FFN_OUT},
+    "openvino": {"model_type": "transformer", "bias_correction": "fast"},
+    "tflite": {"activations": "dynamic"},
 }
 
 
