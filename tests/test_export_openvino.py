@@ -158,7 +158,9 @@ def test_settings_nncf_cannot_honour_are_refused(ov_models):
         update={"method": "percentile"})})
     for bad, match in ((percentile, "calibration.method"),
                        (_with_quantization(profile, activation_type="int8"), "activation_type"),
-                       (_with_quantization(profile, symmetric_activations=True), "symmetric_activations")):
+                       (_with_quantization(profile, symmetric_activations=True), "symmetric_activations"),
+                       # a component's hints can ask for it past the profile validator: the stage refuses too
+                       (_with_quantization(profile, activations="dynamic"), "activations='dynamic'")):
         with pytest.raises(StageError, match=match):
             runner.run_stage(state, "quantize_openvino", fp32, "bad", bad, calibration_for(runner, state, bad))
 

@@ -181,3 +181,19 @@ def test_dataset_sub_directory_errors(tmp_path):
     io = IOSpec(inputs=(_image_spec(),), outputs=(embedding_spec("y", 2),))
     with pytest.raises(ConfigError, match="side component"):
         Dataset(root=tmp_path, iospec=io).sub("text", io)
+
+
+def test_text_encoder_quantization_reaches_each_format():
+    """MiniLM's needs land on the host int8 profiles as they are declared: dynamic activations with blockwise FFN
+    down-projections in ONNX, dynamic in TFLite, static transformer type with fast bias correction in OpenVINO."""
+    from pipeline.config import load_profile
+    from pipeline.models.smartcam import FFN_OUT, TEXT_QUANTIZATION
+
+    comp = Component(None, IOSpec(inputs=(), outputs=()), {}, quantization=TEXT_QUANTIZATION)
+    merged = {fmt: component_profile(load_profile(f"host-{fmt}-int8", REPO), comp, "text_encoder").quantization
+              for fmt in ("onnx", "openvino", "tflite")}
+    assert merged["onnx"].activations == "dynamic" and merged["onnx"].blockwise == FFN_OUT
+    assert merged["tflite"].activations == "dynamic" and merged["tflite"].blockwise == []
+    assert merged["openvino"].activations == "static" and merged["openvino"].model_type == "transformer"
+    assert merged["openvino"].bias_correction == "fast"  # the profile's full bias correction collapses MiniLM
+    assert load_profile("host-openvino-int8", REPO).quantization.bias_correction == "full"
