@@ -47,6 +47,10 @@ class SensitivityConfig(_Strict):
                                        "ranking measures on; never eval samples")
 
 
+# QuantizationConfig fields added after cache keys existed, with their defaults (see stage_settings)
+_LATER_SETTINGS = {"activations": "static", "blockwise": []}
+
+
 class QuantizationConfig(_Strict):
     per_channel: bool = Field(True, description="per-output-channel weight scales (per-tensor breaks EfficientNet)")
     symmetric_weights: bool = Field(True, description="symmetric int8 weights (zero-point 0)")
@@ -88,8 +92,8 @@ class QuantizationConfig(_Strict):
         """What it does: the settings that change a quantizer's output (for stage cache keys): all but the
         sensitivity pass, whose choices reach the quantizers as keep_float entries."""
         settings = self.model_dump(exclude={"sensitivity"})
-        for name in ("activations", "blockwise"):  # at their defaults they stay out: earlier cache keys hold
-            if settings[name] == type(self).model_fields[name].default or settings[name] == []:
+        for name, default in _LATER_SETTINGS.items():  # at their defaults they stay out: earlier cache keys hold
+            if settings[name] == default:
                 settings.pop(name)
         return settings
 

@@ -203,8 +203,10 @@ def gemm_to_matmul(model) -> list[str]:
     has MatMulInteger for MatMul but nothing for Gemm (onnxslim writes a transformer's Linear layers as Gemm)."""
     from onnx import helper, numpy_helper
 
+    from collections import Counter
+
     inits = {i.name: i for i in model.graph.initializer}
-    used = [inp for n in model.graph.node for inp in n.input]
+    uses = Counter(name for node in model.graph.node for name in node.input)
     nodes, changed = [], []
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -214,7 +216,7 @@ def gemm_to_matmul(model) -> list[str]:
             continue
         weight = node.input[1]
         if attrs.get("transB", 0):
-            if used.count(weight) > 1:  # shared with another node: transpose a copy
+            if uses[weight] > 1:  # shared with another node: transpose a copy
                 weight = f"{weight}_t"
                 model.graph.initializer.append(numpy_helper.from_array(
                     numpy_helper.to_array(inits[node.input[1]]).T.copy(), weight))
@@ -270,8 +272,8 @@ def _quantize_dynamic(model, excluded: list[str], patterns: list[str], ctx: Stag
     if q.activation_type != "uint8" or q.symmetric_activations:
         raise StageError(f"target '{ctx.target.name}': activations: dynamic quantizes activations as asymmetric "
                          "uint8 (DynamicQuantizeLinear); set activation_type: uint8, symmetric_activations: false")
-    op_types = list(q.op_types or ["MatMul", "Gather"])
-    rewritten = gemm_to_matmul(model) if "Gemm" in op_types or "MatMul" in op_types else []
+    op_types = list(q.op_types or ["MatMul", "Gemm", "Gather"])
+    rewritten = gemm_to_matmul(model) if "Gemm" in op_types else []  # quantized as the MatMuls they become
     op_types = sorted({"MatMul" if t == "Gemm" else t for t in op_types})
     blockwise = []
     if q.blockwise:
