@@ -1,4 +1,5 @@
 """`python -m pipeline ...` == `edgepipe ...`."""
 from .cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # worker processes (pipeline/executor) re-import the main module: run nothing there
+    raise SystemExit(main())

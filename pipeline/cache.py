@@ -5,11 +5,14 @@ entry; a lookup re-hashes the files and drops an entry that does not match its a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 from .artifact import Artifact, canonical_json, collect_files
@@ -39,6 +42,69 @@ def _fsync_tree(root: Path) -> None:
         os.close(fd)
 
 
+class Memo:
+    """Content-addressed sub-results that several stage runs share (e.g. one layer's AdaRound rounding, the same
+    in a fused graph and in its image-encoder component): <cache>/_memo/<namespace>/<key>.npz.
+
+    `get` returns the stored arrays or None; `put` writes atomically (temp file, fsync, rename). `claim` takes a
+    per-key lock (other processes computing the same key wait or skip it), so concurrent stages split the work.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise ValueError(f"memo key must be a sha256 hex digest, got {key!r}")
+        return self.root / f"{key}.npz"
+
+    def get(self, key: str) -> dict | None:
+        import numpy as np
+
+        path = self._path(key)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # a damaged entry is recomputed
+            path.unlink(missing_ok=True)
+            return None
+
+    def put(self, key: str, arrays: dict) -> None:
+        import numpy as np
+
+        path = self._path(key)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @contextlib.contextmanager
+    def claim(self, key: str, wait: bool):
+        """Hold the key's lock: yields True when held, False when another process holds it and `wait` is off."""
+        import fcntl
+
+        lock_path = self.root / f"{self._path(key).stem}.lock"
+        with open(lock_path, "a+b") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 class Cache:
     """A directory of finished stage outputs, one folder per (stage, key)."""
 
@@ -62,6 +128,12 @@ class Cache:
             pass
         shutil.rmtree(path, ignore_errors=True)
         return None
+
+    def memo(self, namespace: str) -> Memo:
+        """What it does: a namespace -> the shared sub-result store under <cache>/_memo/<namespace>/."""
+        if not re.fullmatch(r"[a-z0-9_]+", namespace):
+            raise ValueError(f"memo namespace must be [a-z0-9_]+, got {namespace!r}")
+        return Memo(self.root / "_memo" / namespace)
 
     def new_workdir(self, stage: str) -> Path:
         (self.root / stage).mkdir(parents=True, exist_ok=True)

@@ -14,12 +14,33 @@ from .iospec import IOSpec
 
 
 class CalibrationSet:
-    """Named input arrays with a leading sample axis; iterates as batch-1 {input_name: array} dicts."""
+    """Named input arrays with a leading sample axis; iterates as batch-1 {input_name: array} dicts.
 
-    def __init__(self, inputs: dict[str, np.ndarray], iospec: IOSpec, source: str):
+    A set made by `from_dataset` / `from_files` (and its subsets) remembers how it was made, and pickles as that
+    recipe rather than as arrays: a stage sent to a worker process rebuilds it there (pipeline/executor)."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], iospec: IOSpec, source: str, recipe: tuple | None = None):
         self.inputs = inputs
         self.iospec = iospec
         self.source = source
+        self.recipe = recipe
+
+    @classmethod
+    def from_dataset(cls, dataset, split: str, source: str) -> "CalibrationSet":
+        """What it does: a Dataset + split name -> every sample of that split, preprocessed."""
+        return cls(dataset.split(split).inputs, dataset.iospec, source,
+                   recipe=(cls.from_dataset, (dataset, split, source)))
+
+    @classmethod
+    def from_files(cls, files: dict[str, str], iospec: IOSpec, source: str) -> "CalibrationSet":
+        """What it does: {input name: .npy path} -> a set of those arrays (e.g. component inputs computed once)."""
+        return cls({name: np.load(path) for name, path in files.items()}, iospec, source,
+                   recipe=(cls.from_files, (dict(files), iospec, source)))
+
+    def __reduce__(self):
+        if self.recipe is not None:
+            return self.recipe
+        return (CalibrationSet, (self.inputs, self.iospec, self.source))
 
     def __len__(self) -> int:
         return 0 if not self.inputs else len(next(iter(self.inputs.values())))
@@ -36,7 +57,8 @@ class CalibrationSet:
                 "add samples or lower calibration.samples"
             )
         idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
-        return CalibrationSet({k: v[idx] for k, v in self.inputs.items()}, self.iospec, self.source)
+        return CalibrationSet({k: v[idx] for k, v in self.inputs.items()}, self.iospec, self.source,
+                              recipe=(CalibrationSet.subset, (self, n, seed)) if self.recipe else None)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()

@@ -30,12 +30,38 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--force", action="append", default=[], metavar="STAGE",
                            help="ignore the cache for this stage (repeatable), e.g. --force profile to re-measure")
             c.add_argument("--no-progress", action="store_true", help="no progress bars")
+            c.add_argument("--jobs", "-j", type=_jobs, default=None, metavar="N",
+                           help="stages run at once, each in a worker process (default: $EDGEPIPE_JOBS, else one "
+                                "per core); 0 runs them in this process, one at a time")
     v = sub.add_parser("verify", help="re-hash a bundle against its manifest and run its golden vectors")
     v.add_argument("bundle", type=Path, help="dist/<release>/<target>.tar.gz or its directory")
     v.add_argument("--no-golden", action="store_true", help="check hashes only")
     s = sub.add_parser("schema", help="print the JSON Schema of release configs or target profiles")
     s.add_argument("which", choices=["release", "target"])
     return p
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of jobs, got {text!r}") from None
+    if not 0 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"jobs must be between 0 and 256, got {value}")
+    return value
+
+
+def default_jobs() -> int:
+    """What it does: $EDGEPIPE_JOBS, else the cores this process may use -> the number of stage workers."""
+    from .errors import ConfigError
+
+    text = os.environ.get("EDGEPIPE_JOBS", "").strip()
+    if text:
+        try:
+            return _jobs(text)
+        except argparse.ArgumentTypeError as err:
+            raise ConfigError(f"EDGEPIPE_JOBS: {err}") from None
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _console():
@@ -68,7 +94,8 @@ def cmd_build(args) -> int:
     from .plan import make_plan
     from .progress import Progress
     from .publish import publish_release
-    from .report import print_summary
+    from .executor import make_executor
+    from .report import print_stage_times, print_summary, stage_times
     from .runner import Runner
 
     start = time.perf_counter()
@@ -76,15 +103,21 @@ def cmd_build(args) -> int:
     cfg, base = load_release(args.config)
     plan = make_plan(cfg, base)
     progress = Progress(enabled=False if args.no_progress else None)
-    runner = Runner(Cache(args.cache_dir), progress, log=lambda m: console.print(m, markup=False),
-                    force=tuple(args.force))
-    console.print(f"edgepipe build: release {cfg.release}, {len(plan.targets)} target(s)")
-    state = runner.run(plan)
-    index = publish_release(state, args.dist)
+    jobs = default_jobs() if args.jobs is None else args.jobs
+    log = lambda m: console.print(m, markup=False)  # noqa: E731
+    console.print(f"edgepipe build: release {cfg.release}, {len(plan.targets)} target(s), {jobs} job(s)")
+    with make_executor(jobs, progress, log=log) as executor:
+        runner = Runner(Cache(args.cache_dir), progress, log=log, force=tuple(args.force), executor=executor)
+        state = runner.run(plan)
+    times = stage_times(state.records)
+    index = publish_release(state, args.dist, build={"wall_s": round(time.perf_counter() - start, 2), "jobs": jobs,
+                                                     "stage_times": times})
     print_summary(console, index)
+    wall = time.perf_counter() - start
+    print_stage_times(console, times, wall, jobs)
     cached = sum(r.cached for r in state.records)
     console.print(f"{cached}/{len(state.records)} stages from cache; bundles in {args.dist / cfg.release}; "
-                  f"wall time {time.perf_counter() - start:.1f} s")
+                  f"wall time {wall:.1f} s")
     return 0 if all(t["status"] == "passed" for t in index["targets"]) else 1
 
 

@@ -17,6 +17,10 @@ from .errors import ConfigError, InputSpecError
 from .iospec import AudioPreprocessing, ImagePreprocessing, IOSpec, TensorSpec, TokenizerPreprocessing
 
 SPLITS = ("train", "calibration", "eval")
+# Preprocessed splits per process, shared by every Dataset bound to the same directory and IOSpec: a worker process
+# that runs many stages (pipeline/executor) preprocesses a split once, and a Dataset pickles without its arrays.
+_SPLITS: dict[tuple, "Split"] = {}
+_SPLITS_MAX = 8
 
 
 @dataclass
@@ -58,8 +62,20 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         if name not in self._cache:
-            self._cache[name] = load_split(self.root, name, self.iospec, self.asset_root)
+            path = split_path(self.root, name)
+            stat = path.stat() if path.is_file() else None  # a rewritten file is a new split
+            memo = (str(self.root), str(self.asset_root), self.iospec.model_dump_json(), name,
+                    stat and (stat.st_mtime_ns, stat.st_size, stat.st_ino))
+            if memo not in _SPLITS:
+                while len(_SPLITS) >= _SPLITS_MAX:
+                    _SPLITS.pop(next(iter(_SPLITS)))
+                _SPLITS[memo] = load_split(self.root, name, self.iospec, self.asset_root)
+            self._cache[name] = _SPLITS[memo]
         return self._cache[name]
+
+    def __getstate__(self) -> dict:
+        # sent to worker processes as a description: the arrays are rebuilt (once per process) where needed
+        return {**self.__dict__, "_cache": {}}
 
     def sub(self, name: str, iospec: IOSpec) -> "Dataset":
         """What it does: a sub-directory (a side component's own data) -> a Dataset bound to that component's

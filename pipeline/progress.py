@@ -1,11 +1,13 @@
 """Progress reporting for long stages: rich progress bars on a terminal, quiet otherwise -> Progress objects.
 
 Stages get a `Progress` from their context and call `task = progress.task(description, total)` then
-`task.advance(n)`; `task.close()` (or use it as a context manager).
+`task.advance(n)`; `task.close()` (or use it as a context manager). Several tasks may be open at once (stages
+running in parallel, their bars forwarded from worker processes): they share one live display.
 """
 from __future__ import annotations
 
 import sys
+import threading
 
 
 class _NullTask:
@@ -27,27 +29,49 @@ class Progress:
 
     def __init__(self, enabled: bool | None = None):
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._lock = threading.Lock()
+        self._live = None
+        self._open = 0
+
+    def __getstate__(self):
+        return {"enabled": False}  # a copy in another process has no terminal of ours
+
+    def __setstate__(self, state):
+        self.__init__(state["enabled"])
 
     def task(self, description: str, total: int | None):
         if not self.enabled:
             return _NullTask()
-        return _RichTask(description, total)
+        with self._lock:
+            if self._live is None:
+                from rich.console import Console
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
+                                           TimeElapsedColumn)
+
+                self._live = RichProgress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                          TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+                self._live.start()
+            self._open += 1
+            return _RichTask(self, self._live.add_task(description, total=total))
+
+    def _closed(self, task_id) -> None:
+        with self._lock:
+            self._live.remove_task(task_id)
+            self._open -= 1
+            if self._open == 0:
+                self._live.stop()
+                self._live = None
 
 
 class _RichTask(_NullTask):
-    def __init__(self, description: str, total: int | None):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
-
-        self._progress = RichProgress(
-            TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=Console(stderr=True), transient=True,
-        )
-        self._progress.start()
-        self._id = self._progress.add_task(description, total=total)
+    def __init__(self, owner: Progress, task_id):
+        self._owner, self._id, self._done = owner, task_id, False
 
     def advance(self, n: int = 1) -> None:
-        self._progress.advance(self._id, n)
+        if not self._done:
+            self._owner._live.advance(self._id, n)
 
     def close(self) -> None:
-        self._progress.stop()
+        if not self._done:
+            self._done = True
+            self._owner._closed(self._id)

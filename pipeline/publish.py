@@ -57,8 +57,9 @@ def study_index(state: BuildState) -> list[dict]:
     return out
 
 
-def publish_release(state: BuildState, dist: Path) -> dict:
-    """Write every passed target's bundle and the release index/report; returns the index."""
+def publish_release(state: BuildState, dist: Path, build: dict | None = None) -> dict:
+    """Write every passed target's bundle and the release index/report; returns the index. `build`: how the
+    build went (wall time, jobs, per-stage times) for index.json and the report."""
     release = state.plan.release
     release_dir = Path(dist) / release.release
     release_dir.mkdir(parents=True, exist_ok=True)
@@ -99,8 +100,10 @@ def publish_release(state: BuildState, dist: Path) -> dict:
              "model": release.model.model_dump(mode="json"),
              "reference_accuracy": state.reference.meta.get("accuracy"),
              "eval_samples": state.reference.meta.get("samples"), "targets": entries,
-             "stages": [{"stage": r.stage, "target": r.target, "cached": r.cached, "sha256": r.sha256}
-                        for r in state.records]}
+             "stages": sorted(({"stage": r.stage, "target": r.target, "cached": r.cached, "sha256": r.sha256}
+                               for r in state.records), key=lambda r: (r["target"], r["stage"], r["sha256"]))}
+    if build is not None:
+        index["build"] = build
     if state.study:
         index["compression_study"] = study_index(state)
     _atomic_text(release_dir / "release.resolved.yaml", yaml.safe_dump(resolved_config(state), sort_keys=True))

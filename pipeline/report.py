@@ -59,6 +59,51 @@ def sensitivity_line(sens: dict | None) -> str | None:
             f"{_metrics_text(sens['after'])} - {'passed' if sens['passed'] else 'still failing'}")
 
 
+def stage_times(records) -> list[dict]:
+    """What it does: the build's stage records -> per stage name (slowest first): runs, cache hits, seconds spent
+    running it (summed over runs; stages in parallel overlap in wall time) and its slowest run."""
+    table: dict[str, dict] = {}
+    for r in records:
+        row = table.setdefault(r.stage, {"stage": r.stage, "runs": 0, "cached": 0, "seconds": 0.0,
+                                         "slowest_s": 0.0, "slowest": ""})
+        if r.cached:
+            row["cached"] += 1
+            continue
+        row["runs"] += 1
+        row["seconds"] += r.seconds
+        if r.seconds >= row["slowest_s"]:
+            row["slowest_s"], row["slowest"] = r.seconds, r.target
+    rows = sorted(table.values(), key=lambda x: (-x["seconds"], x["stage"]))
+    return [{**row, "seconds": round(row["seconds"], 2), "slowest_s": round(row["slowest_s"], 2)} for row in rows]
+
+
+def print_stage_times(console, rows: list[dict], wall_s: float, jobs: int) -> None:
+    """What it does: stage_times() rows -> a console table, so the next slow stage is visible."""
+    from rich.table import Table
+
+    busy = sum(r["seconds"] for r in rows)
+    table = Table(title=f"stage times: {busy:.1f} s of stage work in {wall_s:.1f} s wall with {jobs} job(s)")
+    for col in ("stage", "ran", "cached", "seconds", "share", "slowest run"):
+        table.add_column(col, justify="left" if col in ("stage", "slowest run") else "right")
+    for r in rows:
+        share = f"{100 * r['seconds'] / busy:.0f}%" if busy > 0 else "-"
+        slowest = f"{r['slowest_s']:.1f} s {r['slowest']}" if r["runs"] else "-"
+        table.add_row(r["stage"], str(r["runs"]), str(r["cached"]), f"{r['seconds']:.1f}", share, slowest)
+    console.print(table)
+
+
+def _stage_times_html(build: dict | None) -> str:
+    if not build or not build.get("stage_times"):
+        return ""
+    rows = "".join(f"<tr><td style='text-align:left'>{html.escape(r['stage'])}</td><td>{r['runs']}</td>"
+                   f"<td>{r['cached']}</td><td>{r['seconds']:.1f}</td>"
+                   f"<td style='text-align:left'>{html.escape(r['slowest'])} ({r['slowest_s']:.1f} s)</td></tr>"
+                   for r in build["stage_times"])
+    return (f"<h2>Build time</h2><p>{build['wall_s']:.1f} s wall with {build['jobs']} job(s); seconds are each "
+            "stage's own run time summed over its runs (parallel runs overlap).</p><table><tr><th>stage</th>"
+            f"<th>ran</th><th>cached</th><th>seconds</th><th>slowest run</th></tr>{rows}</table>\n")
+
+
 def print_summary(console, index: dict) -> None:
     from rich.table import Table
 
@@ -175,7 +220,7 @@ tr.bad td:last-child{{color:#c00}}</style></head><body>
 <code>{html.escape(index['git_commit'])}</code>.</p>
 <table><tr>{head}</tr>{''.join(body)}</table>
 <h2>Failures</h2><ul>{reasons or '<li>none</li>'}</ul>
-{sens_html}{_study_html(index.get("compression_study"))}<h2>Latency p50 per target (1 run of the agent, warm-up excluded)</h2>{_latency_svg(index['targets'])}
+{sens_html}{_study_html(index.get("compression_study"))}{_stage_times_html(index.get("build"))}<h2>Latency p50 per target (1 run of the agent, warm-up excluded)</h2>{_latency_svg(index['targets'])}
 </body></html>
 """
 

@@ -6,10 +6,9 @@ a stage or gate failure fails only its target.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import signal
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,9 @@ from .errors import ConfigError, EdgepipeError, ModelFactoryError, StageError
 from .plan import EXPORT_CHAINS, Plan, TargetPlan
 from .progress import Progress
 from .stages import StageContext, get_stage
+
+# Stages that measure time: they run while nothing else runs (pipeline/executor/local.py).
+EXCLUSIVE_STAGES = frozenset({"profile"})
 
 
 @dataclass
@@ -98,12 +100,6 @@ def _target_failures(result: "TargetResult"):
         result.reasons.append(str(err))
 
 
-def _crash_point(stage: str) -> None:
-    """Test hook: EDGEPIPE_CRASH_AT=<stage> SIGKILLs this process after the stage wrote its files, before commit."""
-    if os.environ.get("EDGEPIPE_CRASH_AT") == stage:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _factory_call(factory, method: str, *args):
     """What it does: a factory method call -> its result; any non-edgepipe failure of user code becomes one
     ModelFactoryError line naming the method (exit 2)."""
@@ -141,13 +137,22 @@ def component_profile(profile, comp, name: str):
 
 
 class Runner:
-    """Runs stages through the cache; `force` names stages whose cache is bypassed (e.g. profile)."""
+    """Runs stages through the cache and an executor; `force` names stages whose cache is bypassed (e.g. profile).
 
-    def __init__(self, cache: Cache, progress: Progress, log=print, force: tuple[str, ...] = ()):
+    Targets run in threads of this process, each driving its own chain; the stages themselves run on the
+    executor (default: inline, one at a time). A stage asked for twice at once (two targets sharing an export)
+    runs once: the second caller waits for the first."""
+
+    def __init__(self, cache: Cache, progress: Progress, log=print, force: tuple[str, ...] = (), executor=None):
+        from .executor.inline import InlineExecutor
+
         self.cache = cache
         self.progress = progress
         self.log = log
         self.force = set(force)
+        self.executor = executor if executor is not None else InlineExecutor(progress)
+        self._lock = threading.Lock()
+        self._inflight: dict[tuple[str, str], Future] = {}
 
     def prepare(self, plan: Plan) -> BuildState:
         """Bind the model's IOSpec and dataset, and check every calibration set, before any stage runs."""
@@ -197,9 +202,8 @@ class Runner:
 
     def calibration_for(self, state: BuildState, tp: TargetPlan) -> CalibrationSet:
         c = tp.profile.calibration
-        split = state.dataset.split("calibration")
         source = f"{state.plan.dataset_dir.name}/calibration.npz (target {tp.name})"
-        full = CalibrationSet(split.inputs, state.iospec, source)
+        full = CalibrationSet.from_dataset(state.dataset, "calibration", source)
         full.check(c.min_samples)
         calib = full.subset(c.samples, c.seed)
         calib.check(c.min_samples)
@@ -219,22 +223,43 @@ class Runner:
         inputs = ([artifact.sha256] if artifact else []) + [a.sha256 for _, a in sorted(ctx.deps.items())]
         key = cache_key(name, stage.version, stage.config(ctx), inputs,
                         calibration.fingerprint() if calibration is not None else None, stage.tool_versions())
+        ctx.parents = tuple(inputs)
+        with self._lock:
+            running = self._inflight.get((name, key))
+            if running is None:
+                mine: Future = Future()
+                self._inflight[(name, key)] = mine
+        if running is not None:  # another target asked for the same stage output first: share it
+            start = time.perf_counter()
+            art = running.result()
+            self.log(f"  {name:<14} {target:<22} shared  {key[:12]}")
+            state.records.append(StageRecord(name, target, True, time.perf_counter() - start, art.sha256))
+            return art
+        try:
+            art = self._run_or_lookup(state, name, key, artifact, ctx, target)
+        except BaseException as err:
+            mine.set_exception(err)
+            raise
+        else:
+            mine.set_result(art)
+        finally:
+            with self._lock:
+                self._inflight.pop((name, key), None)
+        return art
+
+    def _run_or_lookup(self, state: BuildState, name: str, key: str, artifact, ctx: StageContext,
+                       target: str) -> Artifact:
+        from .executor import StageUnit
+
         start = time.perf_counter()
         hit = None if name in self.force else self.cache.lookup(name, key)
         if hit is not None:
             self.log(f"  {name:<14} {target:<22} cached  {key[:12]}")
             state.records.append(StageRecord(name, target, True, time.perf_counter() - start, hit.sha256))
             return hit
-        ctx.workdir = self.cache.new_workdir(name)
-        ctx.parents = tuple(inputs)
-        try:
-            art = stage.run(artifact, ctx)
-            _crash_point(name)
-        except BaseException:
-            shutil.rmtree(ctx.workdir, ignore_errors=True)
-            raise
-        art = self.cache.commit(name, key, ctx.workdir, art, replace=name in self.force)
-        seconds = time.perf_counter() - start
+        unit = StageUnit.make(name, key, artifact, ctx, self.cache.root, replace=name in self.force,
+                              exclusive=name in EXCLUSIVE_STAGES, label=target)
+        art, seconds = self.executor.submit(unit).result()
         self.log(f"  {name:<14} {target:<22} done    {key[:12]}  {seconds:.1f}s")
         state.records.append(StageRecord(name, target, False, seconds, art.sha256))
         return art
@@ -250,14 +275,29 @@ class Runner:
             state.torch_lineage.append(state.torch_model)
         if any(r.plan.export == "components" for r in state.targets):
             self.prepare_components(state)
-        for result in state.targets:
-            if result.plan.export == "components":
-                self.run_components_target(state, result)
-            else:
-                self.run_target(state, result)
+        self.each_target(state, state.targets)
         if state.plan.release.compression_study:
             self.run_study(state)
         return state
+
+    def each_target(self, state: BuildState, results: list["TargetResult"], run=None) -> None:
+        """What it does: target results -> each built by `run` (default: its fused or components chain), all at
+        once in threads when the executor has more than one worker; the first bad-input error (exit 2) raised."""
+        def one(result):
+            if run is not None:
+                return run(result)
+            if result.plan.export == "components":
+                return self.run_components_target(state, result)
+            return self.run_target(state, result)
+
+        if getattr(self.executor, "jobs", 1) <= 1 or len(results) <= 1:
+            for result in results:
+                one(result)
+            return
+        with ThreadPoolExecutor(max_workers=len(results), thread_name_prefix="edgepipe-target") as pool:
+            futures = [pool.submit(one, r) for r in results]
+        for fut in futures:
+            fut.result()
 
     def run_study(self, state: BuildState) -> None:
         """What it does: the release's compression_study -> per recipe (and the uncompressed baseline) the
@@ -327,10 +367,10 @@ class Runner:
         c = tp.profile.calibration
         comp = state.components[name]
         ref = state.component_reference
-        inputs = {s.name: np.load(ref.path(f"calibration.{name}.{s.name}.npy")) for s in comp.iospec.inputs}
+        files = {s.name: str(ref.path(f"calibration.{name}.{s.name}.npy")) for s in comp.iospec.inputs}
         data = f"{comp.dataset}/calibration.npz" if comp.side else "calibration.npz via torch components"
         source = f"{state.plan.dataset_dir.name}/{data} ({name}, target {tp.name})"
-        calib = CalibrationSet(inputs, comp.iospec, source).subset(c.samples, c.seed)
+        calib = CalibrationSet.from_files(files, comp.iospec, source).subset(c.samples, c.seed)
         calib.check(c.min_samples)
         return calib
 

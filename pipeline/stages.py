@@ -81,11 +81,21 @@ class StageContext:
     component: str = "model"  # which part of the model a stage works on ("model" = the fused graph)
     example: dict | None = None  # a component's inputs for eval sample 0 (fp32 torch chain); None: the model's
     side_iospecs: dict | None = None  # side component name -> (data sub-directory, IOSpec)
+    cache_root: Path | None = None  # the stage cache: where `memo` keeps sub-results shared between stage runs
 
     def example_inputs(self) -> dict:
         """What it does: ctx -> one batch-1 input dict for this graph (tracing, converter self-checks): eval
         sample 0, or for a component what the fp32 torch components feed it on eval sample 0."""
         return self.example if self.example is not None else self.dataset.split("eval").sample(0)
+
+    def memo(self, namespace: str):
+        """What it does: a namespace -> the cache's shared sub-result store (pipeline/cache.py Memo); the only
+        place besides `workdir` a stage may write, for results keyed by their own content."""
+        from .cache import Cache
+
+        if self.cache_root is None:
+            raise RuntimeError("this stage context has no cache")
+        return Cache(self.cache_root).memo(namespace)
 
     def artifact(self, kind: str, component: str = "model", precision: str = "fp32", meta: dict | None = None,
                  main_file: str | None = None) -> Artifact:

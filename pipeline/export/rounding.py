@@ -188,6 +188,69 @@ def layer_inputs(model_path: str, layers: list[dict], samples: list[dict]) -> It
         yield [layer for layer in layers if layer["input"] in arrays], arrays
 
 
+def layer_key(layer: dict, w: np.ndarray, inputs: np.ndarray, rounding, index: int) -> str:
+    """What it does: one layer's geometry, fp32 weight, calibration inputs, AdaRound settings and seed -> the sha256
+    its rounding is stored under. Node names stay out: the same layer in a fused graph and in a component graph
+    (same weight, same inputs) is rounded once."""
+    import hashlib
+
+    from ..artifact import canonical_json
+
+    h = hashlib.sha256()
+    geometry = {k: v for k, v in layer.items() if k not in ("name", "input", "weight")}
+    settings = rounding.model_dump(mode="json", exclude={"formats", "nodes", "samples", "seed"})
+    h.update(canonical_json({"geometry": geometry, "settings": settings, "seed": rounding.seed + index,
+                             "weight": [w.dtype.str, list(w.shape)], "inputs": [inputs.dtype.str,
+                                                                                list(inputs.shape)]}).encode())
+    h.update(np.ascontiguousarray(w).tobytes())
+    h.update(np.ascontiguousarray(inputs).tobytes())
+    return h.hexdigest()
+
+
+def round_shared(memo, jobs: list[tuple], arrays: dict, rounding, task) -> dict:
+    """What it does: layers to round (layer, weight, key, index) + their inputs -> {key: (weight, mse nearest, mse
+    learnt, reused)}, through the memo: a layer already rounded (by this or any other graph's stage) is read back;
+    one that another process is rounding right now is skipped, then waited for at the end, so two stages that
+    share layers split them instead of both computing every one."""
+    done: dict = {}
+
+    def compute(layer, w, key, index):
+        new, before, after = adaround(layer, w, arrays[layer["input"]], rounding.iterations, rounding.batch_size,
+                                      rounding.crop, rounding.seed + index, rounding.lr)
+        memo.put(key, {"weight": new, "mse": np.array([before, after], np.float64)})
+        return new, before, after
+
+    def from_memo(key):
+        hit = memo.get(key)
+        return None if hit is None else (hit["weight"], float(hit["mse"][0]), float(hit["mse"][1]))
+
+    deferred = []
+    for job in jobs:
+        key = job[2]
+        if key in done:
+            continue
+        hit = from_memo(key)
+        if hit is None:
+            with memo.claim(key, wait=False) as held:
+                if not held:
+                    deferred.append(job)
+                    continue
+                hit = from_memo(key)  # finished by another process between the two looks
+                done[key] = (*(hit or compute(*job)), hit is not None)
+        else:
+            done[key] = (*hit, True)
+        task.advance()
+    for job in deferred:
+        key = job[2]
+        if key in done:
+            continue
+        with memo.claim(key, wait=True):
+            hit = from_memo(key)
+            done[key] = (*(hit or compute(*job)), hit is not None)
+        task.advance()
+    return done
+
+
 class RoundWeights(Stage):
     """fp32 ONNX -> the same graph with AdaRound-chosen int8 grid values as weights (int8 chains only)."""
 
@@ -230,18 +293,21 @@ class RoundWeights(Stage):
         report = []
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the chosen rounding must not depend on the machine's core count
+        memo = ctx.memo("adaround")
         try:
             with ctx.progress.task(f"adaround {len(layers)} layers x{rounding.iterations}", len(layers)) as task:
                 for chunk, arrays in layer_inputs(str(artifact.main_file), layers, samples) if layers else ():
+                    jobs = []
                     for layer in chunk:
                         index = layers.index(layer)
                         w = numpy_helper.to_array(inits[layer["weight"]]).astype(np.float32)
-                        new, before, after = adaround(layer, w, arrays[layer["input"]], rounding.iterations,
-                                                      rounding.batch_size, rounding.crop, rounding.seed + index,
-                                                      rounding.lr)
+                        key = layer_key(layer, w, arrays[layer["input"]], rounding, index)
+                        jobs.append((layer, w, key, index))
+                    done = round_shared(memo, jobs, arrays, rounding, task)
+                    for layer, w, key, index in jobs:
+                        new, before, after, _ = done[key]
                         inits[layer["weight"]].CopyFrom(numpy_helper.from_array(new, layer["weight"]))
                         report.append({"node": layer["name"], "mse_nearest": before, "mse_adaround": after})
-                        task.advance()
         except Exception as err:
             raise StageError(f"weight rounding failed: {type(err).__name__}: {str(err).splitlines()[0]}") from err
         finally:

@@ -1,0 +1,265 @@
+"""Local process pool: stage units -> artifacts, run in N worker processes (spawned, one per core by default).
+
+Each worker is a long-lived Python process that imports the toolchains once and runs units one at a time; its
+progress bars are forwarded to this process. A worker that dies (a native crash, an OOM kill) fails only the
+unit it was running, with the signal named, and is replaced. Exclusive units (latency measurements) start only
+when no other unit runs or waits, and nothing else starts while they run, so timings are taken on a quiet CPU.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import signal
+import threading
+import traceback
+from collections import deque
+from concurrent.futures import Future
+
+from ..errors import StageError
+from .unit import StageUnit, execute_unit
+
+
+class WorkerCrash(StageError):
+    """A worker process died while running a unit."""
+
+
+def _signal_name(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "no exit status"
+    if exitcode < 0:
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class _RemoteProgress:
+    """Worker side of a progress sink: task events go to the parent over the unit's connection."""
+
+    enabled = True
+
+    def __init__(self, conn):
+        self._conn = conn
+        self._next = 0
+
+    def task(self, description: str, total: int | None):
+        self._next += 1
+        return _RemoteTask(self._conn, self._next, description, total)
+
+
+class _RemoteTask:
+    def __init__(self, conn, tid: int, description: str, total: int | None):
+        self._conn, self._tid = conn, tid
+        conn.send(("progress", "start", tid, description, total))
+
+    def advance(self, n: int = 1) -> None:
+        self._conn.send(("progress", "advance", self._tid, n))
+
+    def close(self) -> None:
+        self._conn.send(("progress", "close", self._tid))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _portable(err: BaseException) -> BaseException:
+    """What it does: an exception raised in a worker -> one that survives pickling (same class when it can),
+    carrying the worker's traceback as a note."""
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    try:
+        copy = pickle.loads(pickle.dumps(err))
+    except Exception:  # noqa: BLE001 - any exception type may fail to pickle; keep its line
+        copy = StageError(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    copy.add_note(f"worker traceback:\n{text}")
+    return copy
+
+
+def _worker_main(conn) -> None:
+    """Worker process: receive units until None (or the parent goes away), answer ("ok", artifact) or
+    ("err", exception)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
+    while True:
+        try:
+            unit = conn.recv()
+        except (EOFError, OSError):
+            return
+        if unit is None:
+            return
+        try:
+            art = execute_unit(unit, _RemoteProgress(conn))
+        except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent
+            conn.send(("err", _portable(err)))
+        else:
+            conn.send(("ok", art))
+
+
+class _Worker:
+    def __init__(self, mp):
+        self.conn, child = mp.Pipe()
+        self.proc = mp.Process(target=_worker_main, args=(child,), name="edgepipe-worker")
+        self.proc.start()
+        child.close()
+
+    def run(self, unit: StageUnit, progress):
+        try:
+            self.conn.send(unit)
+        except (pickle.PicklingError, TypeError, AttributeError) as err:
+            raise StageError(f"stage {unit.name} cannot be sent to a worker process: {err}") from err
+        tasks = {}
+        try:
+            while True:
+                try:
+                    msg = self.conn.recv()
+                except (EOFError, OSError):
+                    self.proc.join(10)
+                    raise WorkerCrash(f"stage {unit.name} ({unit.label}) crashed its worker process "
+                                      f"({_signal_name(self.proc.exitcode)})") from None
+                if msg[0] == "progress":
+                    _apply_progress(progress, tasks, msg[1:])
+                elif msg[0] == "ok":
+                    return msg[1]
+                else:
+                    raise msg[1]
+        finally:
+            for task in tasks.values():
+                task.close()
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.proc.join(timeout_s)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+def _apply_progress(progress, tasks: dict, event: tuple) -> None:
+    op, tid = event[0], event[1]
+    if op == "start":
+        tasks[tid] = progress.task(event[2], event[3])
+    elif op == "advance" and tid in tasks:
+        tasks[tid].advance(event[2])
+    elif op == "close" and tid in tasks:
+        tasks.pop(tid).close()
+
+
+class LocalExecutor:
+    """N worker processes fed from one scheduler: shared units in submission order; an exclusive unit when the
+    pool is idle and no shared unit waits."""
+
+    def __init__(self, jobs: int, progress, log=print):
+        self.jobs = max(1, int(jobs))
+        self.progress = progress
+        self.log = log
+        self._mp = multiprocessing.get_context("spawn")
+        self._cond = threading.Condition()
+        self._shared: deque = deque()
+        self._exclusive: deque = deque()
+        self._running = 0
+        self._running_exclusive = False
+        self._closed = False
+        self._workers: list[_Worker] = []
+        self._threads = [threading.Thread(target=self._dispatch, name=f"edgepipe-dispatch-{i}", daemon=True)
+                         for i in range(self.jobs)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, unit: StageUnit) -> Future:
+        fut: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("executor is closed")
+            (self._exclusive if unit.exclusive else self._shared).append((unit, fut))
+            self._cond.notify_all()
+        return fut
+
+    def _next(self):
+        """Block until a unit may start -> (unit, future, exclusive), or None when closed."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if self._shared and not self._running_exclusive:
+                    unit, fut = self._shared.popleft()
+                    self._running += 1
+                    return unit, fut, False
+                if self._exclusive and not self._shared and self._running == 0 and not self._running_exclusive:
+                    unit, fut = self._exclusive.popleft()
+                    self._running_exclusive = True
+                    return unit, fut, True
+                self._cond.wait()
+
+    def _dispatch(self) -> None:
+        worker = None
+        try:
+            while True:
+                item = self._next()
+                if item is None:
+                    return
+                unit, fut, exclusive = item
+                try:
+                    if not fut.set_running_or_notify_cancel():
+                        continue
+                    if worker is None or not worker.alive():
+                        worker = _Worker(self._mp)
+                        with self._cond:
+                            self._workers.append(worker)
+                    try:
+                        fut.set_result(worker.run(unit, self.progress))
+                    except WorkerCrash as err:
+                        worker = None  # replaced on the next unit
+                        fut.set_exception(err)
+                    except BaseException as err:  # noqa: BLE001 - the runner decides what a failure means
+                        fut.set_exception(err)
+                finally:
+                    with self._cond:
+                        if exclusive:
+                            self._running_exclusive = False
+                        else:
+                            self._running -= 1
+                        self._cond.notify_all()
+        finally:
+            if worker is not None:
+                worker.stop()
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the pool: pending units are cancelled; running ones finish first unless `kill` (Ctrl-C, a bad
+        input found mid-build), which kills the workers at once."""
+        if kill:
+            with self._cond:
+                workers = list(self._workers)
+            for w in workers:
+                if w.alive():
+                    w.proc.kill()
+        with self._cond:
+            self._closed = True
+            pending = list(self._shared) + list(self._exclusive)
+            self._shared.clear()
+            self._exclusive.clear()
+            self._cond.notify_all()
+        for _, fut in pending:
+            fut.cancel()
+        for t in self._threads:
+            t.join(timeout=30)
+        with self._cond:
+            workers = list(self._workers)
+        for w in workers:
+            if w.alive():
+                w.proc.kill()
+                w.proc.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(kill=exc_type is not None)
