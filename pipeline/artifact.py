@@ -71,6 +71,29 @@ class Artifact:
         return cls(**data, root=root)
 
 
+def check_artifact_json(data) -> None:
+    """What it does: parsed artifact.json -> ValueError unless every field has its type (a hand-edited or damaged
+    file can parse as JSON and still hold a list where the files belong)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"artifact.json holds a {type(data).__name__}, not an object")
+    text = {"kind", "stage", "component", "precision", "sha256"}
+    maps = {"files": str, "tool_versions": str, "meta": object}
+    allowed = text | set(maps) | {"parents"}
+    if set(data) - allowed or not (text | {"files"}) <= set(data):
+        raise ValueError(f"artifact.json keys {sorted(data)} are not an artifact's")
+    for key in text:
+        if not isinstance(data[key], str):
+            raise ValueError(f"artifact.json: '{key}' is not a string")
+    for key, value_type in maps.items():
+        value = data.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, value_type)
+                                                  for k, v in value.items()):
+            raise ValueError(f"artifact.json: '{key}' is not an object of {value_type.__name__} values")
+    parents = data.get("parents", [])
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ValueError("artifact.json: 'parents' is not a list of strings")
+
+
 def collect_files(root: Path) -> dict[str, str]:
     """sha256 of every regular file under root (relative POSIX names), excluding artifact.json."""
     out = {}

@@ -1,7 +1,8 @@
 """Content-addressed stage cache: (stage, version, config, inputs, calibration, tools) -> .edgepipe/cache/<stage>/<key>/.
 
 Entries are written into a temp dir, fsynced, then renamed into place, so a killed run never leaves a half
-entry; a lookup re-hashes the files and drops an entry that does not match its artifact.json.
+entry; a lookup re-hashes the files and drops an entry that does not match its artifact.json, or whose
+artifact.json is not a well-formed artifact, or that is not a directory at all (the stage then runs again).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .artifact import Artifact, canonical_json, collect_files
+from .artifact import Artifact, canonical_json, check_artifact_json, collect_files
 
 
 def cache_key(stage: str, version: int, config: dict, input_shas: list[str], calibration_fp: str | None,
@@ -26,6 +27,14 @@ def cache_key(stage: str, version: int, config: dict, input_shas: list[str], cal
         "calibration": calibration_fp, "tools": tool_versions,
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def _remove(path: Path) -> None:
+    """A cache path of any kind (entry dir, stray file, symlink) -> gone; never follows a link out of the cache."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -117,16 +126,19 @@ class Cache:
     def lookup(self, stage: str, key: str) -> Artifact | None:
         """The cached artifact, or None when absent or corrupt (a corrupt entry is removed)."""
         path = self.entry(stage, key)
-        meta = path / "artifact.json"
-        if not meta.is_file():
+        if not (path.exists() or path.is_symlink()):
             return None
-        try:
-            art = Artifact.from_json(json.loads(meta.read_text()), root=path)
-            if collect_files(path) == art.files:
-                return art
-        except (ValueError, TypeError, KeyError, OSError):
-            pass
-        shutil.rmtree(path, ignore_errors=True)
+        # Entries only appear by an atomic rename of a finished workdir, so anything else at the path is damage.
+        if path.is_dir() and not path.is_symlink() and (path / "artifact.json").is_file():
+            try:
+                data = json.loads((path / "artifact.json").read_text())
+                check_artifact_json(data)
+                art = Artifact.from_json(data, root=path)
+                if art.sha256 == data["sha256"] and collect_files(path) == art.files:
+                    return art
+            except (ValueError, TypeError, KeyError, OSError):
+                pass
+        _remove(path)
         return None
 
     def memo(self, namespace: str) -> Memo:
@@ -136,6 +148,8 @@ class Cache:
         return Memo(self.root / "_memo" / namespace)
 
     def new_workdir(self, stage: str) -> Path:
+        if (self.root / stage).is_symlink() or (self.root / stage).is_file():
+            _remove(self.root / stage)  # a stray file where the stage's folder belongs
         (self.root / stage).mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root / stage))
 
@@ -146,19 +160,24 @@ class Cache:
         (workdir / "artifact.json").write_text(json.dumps(art.to_json(), indent=1, sort_keys=True))
         _fsync_tree(workdir)
         final = self.entry(stage, key)
-        if replace and final.exists():
+        if replace and (final.exists() or final.is_symlink()):
             old = final.parent / f".tmp-replaced-{final.name}-{os.getpid()}"
             os.rename(final, old)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         try:
             os.rename(workdir, final)
         except OSError:
-            # Another run finished the same entry first; keep theirs (same key, same content).
-            shutil.rmtree(workdir, ignore_errors=True)
+            # Another run finished the same entry first: keep theirs (same key, same content). Anything else there
+            # (a stray file, a damaged entry) is removed by lookup, and this run's entry takes its place.
             existing = self.lookup(stage, key)
-            if existing is None:
+            if existing is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+                return existing
+            try:
+                os.rename(workdir, final)
+            except OSError:
+                shutil.rmtree(workdir, ignore_errors=True)
                 raise
-            return existing
         fd = os.open(final.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -170,6 +189,6 @@ class Cache:
         """Remove temp dirs left by killed runs; returns how many."""
         n = 0
         for tmp in self.root.glob("*/.tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
             n += 1
         return n

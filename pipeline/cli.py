@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import EdgepipeError
+from .errors import ConfigError, EdgepipeError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgepipe {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name, helptext in (("build", "run the whole pipeline and publish bundles"),
-                           ("plan", "validate the config and print the plan; runs nothing")):
+                           ("plan", "validate the config and print the plan; runs nothing and imports no model "
+                                    "code (it only finds the factory's module; build imports and runs it)")):
         c = sub.add_parser(name, help=helptext)
         c.add_argument("config", nargs="?", type=Path, help="release YAML (default: the built-in release)")
         c.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("EDGEPIPE_CACHE", ".edgepipe/cache")),
@@ -71,10 +72,25 @@ def _console():
     return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
+def _check_dir_option(path: Path, option: str) -> None:
+    """What it does: a directory option -> ConfigError when the path, or a folder above it, exists as something
+    other than a directory (a build would fail on it after stages ran, or mid-publish)."""
+    for part in (path, *path.parents):
+        if part.is_dir():
+            return
+        if part.exists() or part.is_symlink():
+            if part == path:
+                raise ConfigError(f"{option} {path} exists and is not a directory; give a directory path "
+                                  "(it is created when missing)")
+            raise ConfigError(f"{option} {path}: {part} exists and is not a directory, so nothing can be created "
+                              "under it; give a path under a directory")
+
+
 def cmd_plan(args) -> int:
     from .config import load_release
     from .plan import make_plan
 
+    _check_dir_option(args.cache_dir, "--cache-dir (or $EDGEPIPE_CACHE)")
     cfg, base = load_release(args.config)
     plan = make_plan(cfg, base)
     from rich.table import Table
@@ -99,8 +115,14 @@ def cmd_build(args) -> int:
     from .runner import Runner
 
     start = time.perf_counter()
+    _check_dir_option(args.cache_dir, "--cache-dir (or $EDGEPIPE_CACHE)")
+    _check_dir_option(args.dist, "--dist")
     console = _console()
     cfg, base = load_release(args.config)
+    release_dir = args.dist / cfg.release
+    if (release_dir.exists() or release_dir.is_symlink()) and not release_dir.is_dir():
+        raise ConfigError(f"--dist {args.dist}: {release_dir} (the release's folder) exists and is not a directory; "
+                          "move it away or give another --dist")
     plan = make_plan(cfg, base)
     progress = Progress(enabled=False if args.no_progress else None)
     jobs = default_jobs() if args.jobs is None else args.jobs

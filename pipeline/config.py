@@ -1,6 +1,7 @@
 """Release configs and target profiles: YAML -> validated pydantic models (unknown keys rejected, every field described).
 
-Light on purpose: pydantic + yaml only, so `edgepipe plan` and `--help` never import a framework.
+The profile models live in pipeline/target_config.py and are re-exported here. Light on purpose: pydantic + yaml
+only, so `edgepipe plan` and `--help` never import a framework.
 """
 from __future__ import annotations
 
@@ -9,192 +10,25 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from .configfile import parse, read_yaml
 from .errors import ConfigError
+from .target_config import (  # noqa: F401 (re-exported: pipeline.config names every config model)
+    SEED_MAX, BenchmarkConfig, CalibrationConfig, Entry, GatesConfig, OpsConfig, QuantizationConfig,
+    SensitivityConfig, Strict, TargetProfile, TransportConfig, check_name)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 PROFILES_DIR = REPO_ROOT / "targets" / "profiles"
 DEFAULT_RELEASE = PACKAGE_ROOT / "defaults" / "release.yaml"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.match(value):
-        raise ValueError("use 1-64 characters from A-Z a-z 0-9 . _ - (starting with a letter or digit)")
-    return value
-
-
-# --------------------------------------------------------------------------- target profiles
-
-
-class SensitivityConfig(_Strict):
-    enabled: bool = Field(
-        False, description="rank the layers by the fidelity int8 costs them (int8 simulated at one ONNX node at a "
-                           "time on calibration samples); when a gate fails, keep the worst ones float (declared "
-                           "in the manifest and the report)")
-    max_float_layers: int = Field(
-        4, ge=1, le=64, description="at most this many layers kept float automatically; the fewest that make the "
-                                    "gates pass are kept (tried 1, 2, 4, ... then narrowed)")
-    samples: int = Field(
-        32, ge=2, le=1024, description="calibration samples (the first of the target's calibration subset) the "
-                                       "ranking measures on; never eval samples")
-
-
-# QuantizationConfig fields added after cache keys existed, with their defaults (see stage_settings)
-_LATER_SETTINGS = {"activations": "static", "blockwise": []}
-
-
-class QuantizationConfig(_Strict):
-    per_channel: bool = Field(True, description="per-output-channel weight scales (per-tensor breaks EfficientNet)")
-    symmetric_weights: bool = Field(True, description="symmetric int8 weights (zero-point 0)")
-    symmetric_activations: bool = Field(False, description="symmetric int8 activations")
-    activation_type: Literal["uint8", "int8"] = Field("uint8", description="activation integer type")
-    weight_type: Literal["int8", "uint8"] = Field("int8", description="weight integer type")
-    op_types: list[str] | None = Field(None, description="ONNX op types to quantize; null = the toolchain's set")
-    keep_float: list[str] = Field(
-        default_factory=list, description="node-name prefixes (or ONNX op types) that stay in float; recorded in the manifest"
-    )
-    preset: Literal["performance", "mixed"] = Field(
-        "mixed", description="OpenVINO/NNCF preset: symmetric (performance) or asymmetric activations (mixed)")
-    model_type: Literal["transformer"] | None = Field(
-        None, description="NNCF model_type; 'transformer' keeps attention-sensitive ops out of int8")
-    bias_correction: Literal["fast", "full", "none"] = Field(
-        "fast", description="NNCF bias correction after quantization")
-    overflow_fix: Literal["first_layer", "enable", "disable"] = Field(
-        "first_layer", description="NNCF overflow fix: 7-bit weights (first layer / every layer) so that CPUs "
-                                   "without VNNI cannot saturate u8*s8 sums; 'disable' = full 8-bit weights, for "
-                                   "CPUs with VNNI/AMX only")
-    activations: Literal["static", "dynamic"] = Field(
-        "static", description="static = activation ranges calibrated ahead of time (every format); dynamic = weights "
-                              "int8 ahead of time, activations quantized per input at run time (ONNX Runtime "
-                              "MatMulInteger, LiteRT dynamic-range kernels), no calibration: for transformers whose "
-                              "activation ranges vary from input to input. OpenVINO: static only")
-    blockwise: list[str] = Field(
-        default_factory=list,
-        description="ONNX with activations: dynamic: node-name prefixes of MatMuls whose weights are int8 in blocks "
-                    "of 128 inputs (onnxruntime MatMulNBits, 8 bit, int8 compute) instead of per output channel, "
-                    "for inputs with outlier channels (a transformer's FFN down-projection)")
-    io_dtype: Literal["float32", "int8", "uint8"] = Field(
-        "float32", description="TFLite int8: dtype of float model inputs/outputs (int8 writes scale/zero-point)")
-    sensitivity: SensitivityConfig = Field(
-        default_factory=SensitivityConfig,
-        description="automatic sensitivity pass: names the layers that cost the most fidelity and can keep the "
-                    "worst of them float when a gate fails")
-
-    def stage_settings(self) -> dict:
-        """What it does: the settings that change a quantizer's output (for stage cache keys): all but the
-        sensitivity pass, whose choices reach the quantizers as keep_float entries."""
-        settings = self.model_dump(exclude={"sensitivity"})
-        for name, default in _LATER_SETTINGS.items():  # at their defaults they stay out: earlier cache keys hold
-            if settings[name] == default:
-                settings.pop(name)
-        return settings
-
-    @model_validator(mode="after")
-    def _blockwise_is_dynamic(self):
-        if self.blockwise and self.activations != "dynamic":
-            raise ValueError("quantization.blockwise applies to activations: dynamic only")
-        return self
-
-
-class CalibrationConfig(_Strict):
-    method: Literal["minmax", "entropy", "percentile", "toolchain_default"] = Field(
-        "minmax", description="range estimation method; toolchain_default = the quantizer's own default "
-                              "(used for baselines: NNCF averages per-sample ranges, ORT uses MinMax)")
-    samples: int = Field(256, ge=1, description="calibration samples drawn from the calibration split")
-    seed: int = Field(0, description="seed of the calibration subset draw")
-    percentile: float = Field(99.999, gt=90, le=100, description="percentile for method=percentile")
-    min_samples: int = Field(32, ge=1, description="refuse calibration sets smaller than this")
-
-
-class BenchmarkConfig(_Strict):
-    threads: int = Field(1, ge=1, le=256, description="runtime threads (set explicitly in every runtime)")
-    warmup: int = Field(10, ge=0, description="untimed runs before timing")
-    iterations: int = Field(100, ge=1, description="timed runs")
-    timeout_s: float = Field(300.0, gt=0, description="wall-clock limit for one agent run")
-
-
-class GatesConfig(_Strict):
-    max_accuracy_drop_pt: float = Field(1.0, ge=0, description="fail if eval accuracy drops more than this (points)")
-    min_agreement: float | None = Field(None, ge=0, le=1, description="fail if top-1 agreement with fp32 is below")
-    min_cosine: float | None = Field(None, ge=-1, le=1, description="fail if mean output cosine with fp32 is below")
-    golden_atol: float = Field(1e-4, ge=0, description="abs tolerance of the on-device golden-vector self-test")
-    golden_rtol: float = Field(1e-3, ge=0, description="rel tolerance of the on-device golden-vector self-test")
-
-
-class OpsConfig(_Strict):
-    allowed: list[str] | None = Field(
-        None, description="op types (fnmatch patterns) the target runs; any other op fails the target")
-    denied: list[str] = Field(
-        default_factory=list, description="op types (fnmatch patterns, e.g. 'Flex*') that fail the target")
-
-
-class TransportConfig(_Strict):
-    kind: Literal["local"] = Field("local", description="how the device is reached (ssh/adb/qemu come later)")
-
-
-class TargetProfile(_Strict):
-    name: str = Field(description="profile name; the file is targets/profiles/<name>.yaml")
-    description: str = Field("", description="one line for humans")
-    format: Literal["onnx", "openvino", "tflite"] = Field(description="artifact format")
-    precision: Literal["fp32", "fp16", "int8"] = Field(description="weights/activations precision")
-    runtime: Literal["onnxruntime", "openvino", "litert"] = Field(
-        "onnxruntime", description="runtime that loads the artifact (must fit the format)")
-    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig, description="int8 settings")
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="int8 calibration")
-    transport: TransportConfig = Field(default_factory=TransportConfig, description="how to reach the device")
-    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="latency measurement")
-    gates: GatesConfig = Field(default_factory=GatesConfig, description="verification gates")
-    ops: OpsConfig = Field(default_factory=OpsConfig, description="op allow/deny lists checked on the artifact")
-
-    @model_validator(mode="after")
-    def _runtime_fits(self):
-        fits = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
-        if fits[self.format] != self.runtime:
-            raise ValueError(f"runtime '{self.runtime}' cannot load format '{self.format}'; use '{fits[self.format]}'")
-        return self
-
-    @model_validator(mode="after")
-    def _dynamic_fits(self):
-        q = self.quantization
-        if q.activations == "dynamic" and self.format == "openvino":
-            raise ValueError("quantization.activations 'dynamic' is not available for openvino (NNCF quantizes "
-                             "activations statically); use 'static'")
-        if q.blockwise and self.format != "onnx":
-            raise ValueError(f"quantization.blockwise is an onnxruntime scheme; format '{self.format}' has none")
-        if q.activations == "dynamic" and q.sensitivity.enabled:
-            raise ValueError("quantization.sensitivity ranks static int8 layers; it does not apply to "
-                             "activations: dynamic")
-        return self
-
-    @model_validator(mode="after")
-    def _sensitivity_fits(self):
-        sens = self.quantization.sensitivity
-        if sens.enabled and self.precision != "int8":
-            raise ValueError(f"quantization.sensitivity.enabled applies to int8 targets only, this one is "
-                             f"{self.precision}")
-        if sens.enabled and sens.samples > self.calibration.samples:
-            raise ValueError(f"quantization.sensitivity.samples={sens.samples} exceeds calibration.samples="
-                             f"{self.calibration.samples} (the ranking measures on the calibration subset)")
-        return self
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _check_name(v)
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # checked with fullmatch: no trailing newline
 
 
 # --------------------------------------------------------------------------- release config
 
 
-class WeightRoundingConfig(_Strict):
+class WeightRoundingConfig(Strict):
     method: Literal["adaround"] = Field("adaround", description="adaround: learn each weight's rounding direction "
                                         "from the layer's outputs on calibration inputs (Nagel et al., 2020)")
     iterations: int = Field(200, ge=1, le=100000, description="optimizer steps per layer")
@@ -205,22 +39,22 @@ class WeightRoundingConfig(_Strict):
                       "of round-to-nearest at 0.1 and to 0.67x at 0.03)")
     crop: int = Field(56, ge=0, description="conv layers: random crop of the input feature map per step "
                                            "(0 = whole maps); bounds the cost of high-resolution layers")
-    seed: int = Field(0, description="seed of the sample and crop draws")
-    nodes: list[str] | None = Field(None, description="ONNX node-name prefixes of the layers to round (default: "
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the sample and crop draws (0 .. 2^32-1)")
+    nodes: list[Entry] | None = Field(None, description="ONNX node-name prefixes of the layers to round (default: "
                                     "every Conv/Gemm/MatMul with a constant weight that is not kept float)")
     formats: list[Literal["onnx", "openvino", "tflite"]] = Field(
         ["onnx", "openvino", "tflite"], min_length=1, description="the int8 formats whose chains round weights")
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     factory: str = Field(description="'module:attr' of a model factory (see pipeline/models/__init__.py)")
     params: dict[str, Any] = Field(default_factory=dict, description="keyword settings passed to the factory")
     dataset: str = Field(description="dataset directory: a name under calibration_data/ or a path")
-    keep_float: list[str] = Field(
+    keep_float: list[Entry] = Field(
         default_factory=list,
         description="ONNX node-name prefixes of this model that stay float in every int8 format "
                     "(e.g. an in-graph log-mel front-end); added to each target's quantization.keep_float")
-    keep_float_by_format: dict[Literal["onnx", "openvino", "tflite"], list[str]] = Field(
+    keep_float_by_format: dict[Literal["onnx", "openvino", "tflite"], list[Entry]] = Field(
         default_factory=dict,
         description="extra keep_float entries for one format only (e.g. a transformer tower that TFLite's "
                     "int8 kernels cannot run); declared in the manifest like the others")
@@ -240,21 +74,21 @@ class ModelConfig(_Strict):
     @field_validator("factory")
     @classmethod
     def _factory_form(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", v):
+        if not _FACTORY.fullmatch(v):
             raise ValueError("write it as 'package.module:Name'")
         return v
 
 
-class OnnxExportConfig(_Strict):
+class OnnxExportConfig(Strict):
     opset: int = Field(17, ge=13, le=21, description="ONNX opset of the exported graph")
     slim: bool = Field(True, description="simplify the graph with onnxslim when installed")
 
 
-class ExportConfig(_Strict):
+class ExportConfig(Strict):
     onnx: OnnxExportConfig = Field(default_factory=OnnxExportConfig, description="ONNX export settings")
 
 
-class CompressionStep(_Strict):
+class CompressionStep(Strict):
     """One torch -> torch compression step of the release's recipe (run in order, before every export)."""
 
     method: Literal["lowrank", "prune", "structured", "distill"] = Field(
@@ -275,7 +109,7 @@ class CompressionStep(_Strict):
                                               "layers, or the same share per layer")
     ratio: float | None = Field(None, ge=0, lt=1, description="structured: share of channels removed per coupled "
                                 "group (scope layer) or over all groups (scope global)")
-    ratios: dict[str, float] = Field(default_factory=dict, description="structured: fnmatch layer pattern -> its "
+    ratios: dict[Entry, float] = Field(default_factory=dict, description="structured: fnmatch layer pattern -> its "
                                      "own ratio in [0, 1)")
     floor: float = Field(0.1, gt=0, le=1, description="structured: every layer keeps at least this share of its "
                          "channels")
@@ -293,8 +127,8 @@ class CompressionStep(_Strict):
     augment: bool = Field(True, description="distill: label-preserving augmentation by modality")
     pool: list[Literal["calibration", "train"]] = Field(
         default_factory=lambda: ["calibration"], min_length=1, description="distill: dataset splits to learn from")
-    layers: list[str] | None = Field(None, description="fnmatch patterns of module names to compress (default all)")
-    skip: list[str] = Field(default_factory=list, description="fnmatch patterns of module names to leave alone")
+    layers: list[Entry] | None = Field(None, description="fnmatch patterns of module names to compress (default all)")
+    skip: list[Entry] = Field(default_factory=list, description="fnmatch patterns of module names to leave alone")
 
     @model_validator(mode="after")
     def _settings_fit_method(self):
@@ -340,14 +174,14 @@ class CompressionStep(_Strict):
         return f"distill {self.steps} steps"
 
 
-class ReleaseConfig(_Strict):
+class ReleaseConfig(Strict):
     release: str = Field(description="release name; bundles go to <dist>/<release>/")
     model: ModelConfig = Field(description="the model to deploy")
     targets: list[str] = Field(min_length=1, description="target profile names (targets/profiles/*.yaml) or paths")
     export: ExportConfig = Field(default_factory=ExportConfig, description="export settings shared by targets")
     profile: bool = Field(True, description="measure latency on each target (timings make bundles differ run to run)")
     golden_count: int = Field(4, ge=1, le=64, description="golden input/output vectors per bundle")
-    seed: int = Field(0, description="seed for training and sampling")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for training and sampling (0 .. 2^32-1)")
     compression: list[CompressionStep] = Field(
         default_factory=list, description="torch -> torch compression recipe applied in order after the model "
         "is loaded and before every export (the fp32 reference stays the uncompressed model)")
@@ -368,13 +202,13 @@ class ReleaseConfig(_Strict):
     @field_validator("release")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _check_name(v)
+        return check_name(v)
 
     @field_validator("compression_study")
     @classmethod
     def _study(cls, v: dict) -> dict:
         for name, steps in v.items():
-            _check_name(name.replace("+", "_"))
+            check_name(name.replace("+", "_"))
             if name == "baseline":
                 raise ValueError("'baseline' is the implicit uncompressed row; name your recipe otherwise")
             if not steps:
@@ -383,61 +217,6 @@ class ReleaseConfig(_Strict):
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Names allowed at `loc` (walks nested models) — for 'did you mean'."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
-            continue
-        fld = current.model_fields.get(part)
-        if fld is None:
-            return []
-        current = fld.annotation
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
-    # An unknown key usually explains the "missing" error beside it (a typo), so report it first.
-    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
-    loc = tuple(first["loc"])
-    path = ".".join(str(p) for p in loc) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        allowed = _field_names(model, loc)
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(allowed)}"
-        msg = f"{source}: unknown key '{path}'{hint}"
-    else:
-        msg = f"{source}: {path}: {first['msg']}"
-    more = len(errors) - 1
-    return msg + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
-
-
-def read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file; give an existing YAML file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
-    return data
-
-
-def parse(model: type[BaseModel], data: dict, source: str):
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, model, source)) from err
 
 
 def load_release(path: Path | None) -> tuple[ReleaseConfig, Path]:

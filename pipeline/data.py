@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, InputSpecError
-from .iospec import AudioPreprocessing, ImagePreprocessing, IOSpec, TensorSpec, TokenizerPreprocessing
+from .iospec import (AudioPreprocessing, ImagePreprocessing, IOSpec, TensorSpec, TokenizerPreprocessing, image_hwc,
+                     raw_sample_shape)
 
 SPLITS = ("train", "calibration", "eval")
 # Preprocessed splits per process, shared by every Dataset bound to the same directory and IOSpec: a worker process
@@ -119,28 +120,64 @@ def load_split(root: Path, split: str, iospec: IOSpec, asset_root: Path | None =
     """What it does: <root>/<split>.npz + IOSpec -> model-ready inputs and labels. Preprocessing assets (a
     vocabulary) are looked up under `asset_root` (default: root)."""
     raw = load_raw(root, split)
-    inputs = {}
+    path = split_path(root, split)
     for spec in iospec.inputs:
         field_name = spec.source_field or spec.name
         if field_name not in raw:
             raise InputSpecError(
-                f"{split_path(root, split)} has no field '{field_name}' for input '{spec.name}' "
-                f"(fields: {', '.join(sorted(raw))})"
+                f"{path} has no field '{field_name}' for input '{spec.name}' (fields: {', '.join(sorted(raw))})"
             )
+        check_raw_field(path, field_name, raw[field_name], spec)
+    labels = raw.get("label")
+    if labels is not None and (labels.ndim != 1 or labels.dtype.kind not in "iu"):
+        raise InputSpecError(f"{path}: field 'label' is {labels.dtype}{list(labels.shape)}; labels are one integer "
+                             "class index per sample (a [N] int array, -1 = unlabelled)")
+    check_sample_counts(path, raw, [s.source_field or s.name for s in iospec.inputs] + ["label"])
+    inputs = {}
+    for spec in iospec.inputs:
+        field_name = spec.source_field or spec.name
         value = raw[field_name]
         if isinstance(spec.preprocessing, ImagePreprocessing) and value.dtype.kind == "U":
             value = load_image_files(root, raw, field_name, spec)
         inputs[spec.name] = preprocess(spec, value, asset_root or root)
-    labels = raw.get("label")
     fingerprint = Dataset(root, iospec).split_fingerprint(split)
     return Split(name=split, inputs=inputs, labels=None if labels is None else labels.astype(np.int64),
                  fingerprint=fingerprint)
 
 
-def _image_size(spec: TensorSpec) -> tuple[int, int]:
-    """What it does: an image TensorSpec -> (height, width) from its layout (NCHW or NHWC)."""
-    layout = spec.layout or "NHWC"
-    return spec.shape[layout.index("H")], spec.shape[layout.index("W")]
+def check_sample_counts(path: Path, raw: dict[str, np.ndarray], fields: list[str]) -> None:
+    """What it does: a split's raw fields -> InputSpecError unless the named ones (those present) hold one entry
+    per sample each (a shorter field would shift or cut every sample after it)."""
+    counts = {name: (len(raw[name]) if raw[name].ndim else None) for name in dict.fromkeys(fields) if name in raw}
+    if len(set(counts.values())) > 1 or None in counts.values():
+        listed = ", ".join(f"{name}: {'a scalar' if n is None else n}" for name, n in counts.items())
+        raise InputSpecError(f"{path}: fields hold different sample counts ({listed}); every field needs one entry "
+                             "per sample along its first axis")
+
+
+def check_raw_field(path: Path, field_name: str, value: np.ndarray, spec: TensorSpec) -> None:
+    """What it does: a raw dataset field + the input made from it -> InputSpecError naming the file, the field and
+    the expected vs the stored per-sample shape (e.g. CHW images where the preprocessing takes HWC)."""
+    paths = isinstance(spec.preprocessing, ImagePreprocessing) and value.dtype.kind == "U"
+    want = raw_sample_shape(spec, stored_as_paths=paths)
+    got = tuple(value.shape[1:])
+    if value.ndim >= 1 and len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got)):
+        return
+    if isinstance(spec.preprocessing, ImagePreprocessing) and not paths:
+        h, w, c = want
+        hint = " (the data looks CHW: transpose it with x.transpose(0, 2, 3, 1))" if got == (c, h, w) else ""
+        expected = (f"{tuple(spec.shape[1:])} ({spec.layout or 'NHWC'}) made from HWC images, so the field needs "
+                    f"[N, {h}, {w}, {c}]{hint}")
+    elif paths:
+        expected = "one image path per sample (a [N] string array)"
+    elif isinstance(spec.preprocessing, AudioPreprocessing):
+        expected = "one waveform per sample (a [N, samples] array)"
+    elif isinstance(spec.preprocessing, TokenizerPreprocessing):
+        expected = "one text per sample (a [N] string array)"
+    else:
+        expected = f"{tuple(spec.shape[1:])} per sample"
+    stored = "a scalar" if value.ndim == 0 else f"per-sample shape {got}"
+    raise InputSpecError(f"{path}: field '{field_name}' has {stored}; input '{spec.name}' expects {expected}")
 
 
 def load_image_files(root: Path, raw: dict[str, np.ndarray], field_name: str, spec: TensorSpec) -> np.ndarray:
@@ -155,7 +192,7 @@ def load_image_files(root: Path, raw: dict[str, np.ndarray], field_name: str, sp
         from PIL import Image, ImageEnhance
     except ImportError as err:  # pillow is a core dependency; a broken install says so in one line
         raise InputSpecError("image files in the dataset need pillow: pip install pillow") from err
-    height, width = _image_size(spec)
+    height, width, _ = image_hwc(spec)
     paths = raw[field_name]
     crops, flips, jitters = (raw.get(f"{field_name}_{k}") for k in ("crop", "flip", "jitter"))
     for name, arr, cols in (("crop", crops, 4), ("flip", flips, None), ("jitter", jitters, 3)):

@@ -62,6 +62,28 @@ class TensorSpec(_Strict):
     preprocessing: Preprocessing | None = Field(None, discriminator="kind", description="raw -> model input")
 
 
+def image_hwc(spec: TensorSpec) -> tuple[int, int, int]:
+    """What it does: an image input -> (height, width, channels) of the HWC images its preprocessing takes, from the
+    input's layout (NCHW or NHWC; default NHWC) and shape."""
+    layout = spec.layout or "NHWC"
+    channels = spec.shape[layout.index("C")] if "C" in layout else len(spec.preprocessing.mean)
+    return spec.shape[layout.index("H")], spec.shape[layout.index("W")], channels
+
+
+def raw_sample_shape(spec: TensorSpec, stored_as_paths: bool = False) -> tuple[int | None, ...]:
+    """What it does: a model input -> the per-sample shape its raw dataset field must have (None: any size on that
+    axis): HWC images of the input's size (or one path per sample when the images are stored as files), one
+    waveform, one text, or the input's own shape when it has no preprocessing."""
+    pre = spec.preprocessing
+    if isinstance(pre, ImagePreprocessing):
+        return () if stored_as_paths else image_hwc(spec)
+    if isinstance(pre, AudioPreprocessing):
+        return (None,)
+    if isinstance(pre, TokenizerPreprocessing):
+        return ()
+    return tuple(spec.shape[1:])
+
+
 class IOSpec(_Strict):
     inputs: tuple[TensorSpec, ...] = Field(description="model inputs, in call order")
     outputs: tuple[TensorSpec, ...] = Field(description="model outputs, in return order")

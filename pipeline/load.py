@@ -11,7 +11,7 @@ import json
 import numpy as np
 
 from .artifact import Artifact
-from .errors import ModelFactoryError
+from .errors import EdgepipeError, ModelFactoryError
 from .stages import Stage, StageContext
 
 
@@ -93,9 +93,10 @@ class LoadModel(Stage):
         try:
             module = factory.create(params, FactoryContext(dataset=ctx.dataset, seed=ctx.release.seed,
                                                            progress=ctx.progress))
-        except ModelFactoryError:
-            raise
         except Exception as err:
+            # bad input already said in one line (e.g. the train split's InputSpecError naming its file)
+            if isinstance(err, EdgepipeError) and err.exit_code == 2:
+                raise
             raise ModelFactoryError(
                 f"model.factory '{ctx.release.model.factory}' failed to create the model: {type(err).__name__}: {err}"
             ) from err

@@ -2,11 +2,14 @@
 
 Everything that can be known before running is checked here: profiles exist, stage kinds fit, the imports
 each stage needs are installed, the dataset and its calibration split are present and large enough, the
-model factory's module exists.
+model factory's module exists (found on disk, never imported: a package's __init__ is code, and plan runs none).
 """
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
+import os
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,11 +132,7 @@ def make_plan(cfg: ReleaseConfig, base_dir: Path) -> Plan:
         seen.add(profile.name)
         profiles.append(profile)
     module = cfg.model.factory.split(":")[0]
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
+    if not module_findable(module):
         raise ModelFactoryError(f"model.factory: module '{module}' not found; check the name or install it")
     dataset_dir = resolve_dataset(cfg, base_dir)
     _check_dataset(cfg, dataset_dir, profiles)
@@ -149,6 +148,33 @@ def make_plan(cfg: ReleaseConfig, base_dir: Path) -> Plan:
         _check_sensitivity(cfg, p)
         plan.targets.extend(_target_plans(cfg.model.export, p, chain))
     return plan
+
+
+def module_findable(name: str) -> bool:
+    """What it does: a dotted module name -> whether it exists, without importing it or any parent package.
+
+    importlib.util.find_spec("pkg.sub") imports `pkg` (runs its __init__) to read its __path__; here only the top
+    name goes through find_spec (which locates without executing), and each further part is looked up as a file
+    or folder under the parent's search locations, plus the same sub-folder of every sys.path entry (what a
+    pkgutil.extend_path __init__ would add)."""
+    if name in sys.modules:  # already imported (pipeline's own factories): nothing to run
+        return True
+    top, *rest = name.split(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    for depth, part in enumerate(rest, start=1):
+        parents = name.split(".")[:depth]
+        loaded = sys.modules.get(".".join(parents))
+        search = getattr(loaded, "__path__", None) if loaded is not None else \
+            (spec.submodule_search_locations if spec is not None else None)
+        if search is None or not part.isidentifier():
+            return False
+        extra = [os.path.join(p, *parents) for p in sys.path if isinstance(p, str)]
+        locations = list(dict.fromkeys([*search, *(p for p in extra if os.path.isdir(p))]))
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parents + [part]), locations)
+    return spec is not None
 
 
 def _check_sensitivity(cfg: ReleaseConfig, profile: TargetProfile) -> None:

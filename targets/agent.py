@@ -36,7 +36,7 @@ import numpy as np
 
 FORMATS = ("onnx", "openvino", "tflite")
 # Tensor names become file names in golden dirs, so keep them to a portable set (":" for TF-style names).
-_TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_TENSOR_NAME = re.compile(r"[A-Za-z0-9_.:-]+")  # fullmatch: `$` also matches before a final newline
 _QUANTIZED_IO = ("int8", "uint8", "int16")
 
 
@@ -449,7 +449,7 @@ def _check_tensor_names(names, where: str) -> list:
     if not isinstance(names, (list, tuple)) or not names:
         raise AgentError(f"{where}: expected a non-empty list of tensor names, got {names!r}")
     for name in names:
-        if not isinstance(name, str) or not _TENSOR_NAME.match(name) or name in (".", ".."):
+        if not isinstance(name, str) or not _TENSOR_NAME.fullmatch(name) or name in (".", ".."):
             raise AgentError(f"{where}: tensor name {name!r} must match {_TENSOR_NAME.pattern}")
     if len(set(names)) != len(names):
         raise AgentError(f"{where}: duplicate tensor names in {list(names)}")

@@ -27,7 +27,7 @@ AGENT_SOURCE = Path(__file__).with_name("agent.py")
 AGENT_REMOTE_NAME = "edgepipe_agent.py"
 # Remote names end up in scp/adb command lines later: a portable character set, and no component may
 # start with "-" (it would read as an option) or be "." / "..".
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9._/-]+$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._/-]+")  # fullmatch: `$` also matches before a final newline
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # Imported on the device by `probe`; the module is what must import, the distribution gives the version.
 _PROBE_MODULES = {
@@ -68,7 +68,7 @@ def check_remote_name(name: str) -> str:
     """Return `name` if it is a safe relative path for the remote work dir, else raise TransportError."""
     if not isinstance(name, str) or not name:
         raise TransportError(f"remote name must be a non-empty string, got {name!r}")
-    if "\x00" in name or not _SAFE_NAME.match(name):
+    if "\x00" in name or not _SAFE_NAME.fullmatch(name):
         raise TransportError(f"remote name {name!r} may only use letters, digits and . _ / -")
     if name.startswith("/"):
         raise TransportError(f"remote name {name!r} must be relative to the transport's work dir")

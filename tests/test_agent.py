@@ -201,6 +201,8 @@ def test_golden_dir_errors(tmp_path):
         agent.write_golden(tmp_path / "other", feeds, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(agent.AgentError, match="tensor name"):
         agent.write_golden(tmp_path / "g", [{"../x": feeds[0]["x"]}], expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(agent.AgentError, match="tensor name"):  # `$` alone matched before the newline
+        agent.write_golden(tmp_path / "g", [{"x\n": feeds[0]["x"]}], expected, atol=1e-5, rtol=1e-5)
     good = agent.write_golden(tmp_path / "g2", feeds, expected, atol=1e-5, rtol=1e-5)
     (good / "000" / "output.s.npy").unlink()
     with pytest.raises(agent.AgentError, match="golden file missing"):

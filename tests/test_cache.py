@@ -57,8 +57,7 @@ def test_corrupt_entry_is_dropped(tmp_path, damage):
     else:
         (entry / "artifact.json").write_text("{not json")
     assert cache.lookup("s", "k") is None
-    if damage != "no_meta":
-        assert not entry.exists()
+    assert not entry.exists()  # entries appear only by an atomic rename, so a folder without artifact.json is damage
 
 
 def test_half_written_temp_dirs_are_ignored_and_cleaned(tmp_path):
@@ -93,3 +92,80 @@ def test_a_forced_rerun_replaces_the_entry_and_a_plain_one_keeps_the_first(tmp_p
     new = cache.commit("s", "k", work, art, replace=True)
     assert new.main_file.read_bytes() == b"third" and cache.lookup("s", "k").main_file.read_bytes() == b"third"
     assert not list((tmp_path / "s").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: {**d, "files": sorted(d["files"])},  # a list where the file hashes belong
+    lambda d: {**d, "meta": "oops"},
+    lambda d: {**d, "parents": "abc"},
+    lambda d: {**d, "tool_versions": ["t"]},
+    lambda d: {**d, "kind": 3},
+    lambda d: {k: v for k, v in d.items() if k != "files"},
+    lambda d: {**d, "extra": 1},
+    lambda d: {**d, "meta": {**d["meta"], "main_file": "other.bin"}},  # no longer matches its sha256
+    lambda d: [d],
+    lambda d: "artifact",
+    lambda d: None,
+])
+def test_well_formed_json_with_wrong_content_is_dropped(tmp_path, change):
+    """artifact.json that parses but is not an artifact's (wrong types, missing or extra keys, edited meta) used
+    to come back as a hit (or crash the lookup) and wedge every later build."""
+    cache = Cache(tmp_path)
+    _commit(cache, "k")
+    entry = cache.entry("s", "k")
+    data = json.loads((entry / "artifact.json").read_text())
+    (entry / "artifact.json").write_text(json.dumps(change(data)))
+    assert cache.lookup("s", "k") is None and not entry.exists()
+    assert _commit(cache, "k", b"again").main_file.read_bytes() == b"again"  # the stage's rerun takes its place
+    assert cache.lookup("s", "k").main_file.read_bytes() == b"again"
+
+
+@pytest.mark.parametrize("stray", ["file", "symlink", "dir_without_meta", "meta_is_a_dir"])
+def test_stray_thing_at_the_entry_path_is_removed_and_replaced(tmp_path, stray):
+    cache = Cache(tmp_path)
+    entry = cache.entry("s", "k")
+    entry.parent.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the cache's")
+    if stray == "file":
+        entry.write_text("stray")
+    elif stray == "symlink":
+        entry.symlink_to(outside)
+    elif stray == "dir_without_meta":
+        entry.mkdir()
+        (entry / "f.bin").write_bytes(b"hello")
+    else:
+        (entry / "artifact.json").mkdir(parents=True)
+    assert cache.lookup("s", "k") is None
+    assert not entry.exists() and not entry.is_symlink()
+    assert (outside / "keep.txt").read_text() == "not the cache's"  # a link is removed, never followed
+    assert _commit(cache, "k").main_file.read_bytes() == b"hello"
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_commit_copes_with_a_stray_file_at_the_entry_path(tmp_path, replace):
+    """The run found nothing (or was forced) and must still be able to put its entry in place."""
+    cache = Cache(tmp_path)
+    work = cache.new_workdir("s")
+    (work / "f.bin").write_bytes(b"fresh")
+    art = Artifact(kind="onnx", stage="s", component="model", precision="fp32", files=collect_files(work),
+                   meta={"main_file": "f.bin"}, root=work)
+    cache.entry("s", "k").write_text("stray")
+    committed = cache.commit("s", "k", work, art, replace=replace)
+    assert committed.main_file.read_bytes() == b"fresh" and cache.lookup("s", "k") == committed
+    assert not list((tmp_path / "s").glob(".tmp-*"))
+
+
+def test_a_file_where_a_stage_folder_belongs_is_replaced(tmp_path):
+    cache = Cache(tmp_path)
+    (tmp_path / "s").write_text("stray")
+    assert cache.lookup("s", "k") is None
+    assert _commit(cache, "k").main_file.read_bytes() == b"hello"
+
+
+def test_clean_temp_removes_stray_temp_files(tmp_path):
+    cache = Cache(tmp_path)
+    cache.new_workdir("s")
+    (tmp_path / "s" / ".tmp-replaced-k-1").write_text("left by a killed forced rerun")
+    assert cache.clean_temp() == 2 and not list((tmp_path / "s").glob(".tmp-*"))

@@ -99,3 +99,143 @@ def test_denied_op_fails_only_that_target(cli, tmp_path):
 
     index = json.loads((release / "index.json").read_text())
     assert [t["status"] for t in index["targets"]] == ["passed", "failed"]
+
+
+# --------------------------------------------------------------------------- hostile input (one line, exit 2)
+
+
+def _profile(tmp_path, text: str) -> None:
+    """A release with one target profile ./t.yaml (int8 ONNX plus `text`)."""
+    (tmp_path / "t.yaml").write_text("name: t\nformat: onnx\nprecision: int8\n" + text)
+    write_release(tmp_path / "r.yaml", targets=["./t.yaml"])
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("calibration: {seed: -1}\n", "calibration.seed: Input should be greater than or equal to 0"),
+    ("benchmark: {timeout_s: .inf}\n", "benchmark.timeout_s: Input should be a finite number"),
+    ("benchmark: {timeout_s: 1.0e+9}\n", "benchmark.timeout_s: Input should be less than or equal to 86400"),
+    ("calibration: {min_samples: 1}\n", "calibration.min_samples: Input should be greater than or equal to 8"),
+    ("quantization: {keep_float: ['']}\n", "quantization.keep_float.0: Value error, an empty or blank entry"),
+    ("name: u\n", "key 'name' is written twice"),
+])
+def test_bad_profile_setting(cli, tmp_path, text, needle):
+    _profile(tmp_path, text)
+    _assert_bad_input(cli("build", "r.yaml"), needle, tmp_path)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"seed": -1}, "r.yaml: seed: Input should be greater than or equal to 0"),
+    ({"release": "tiny\n"}, "'tiny\\n'"),
+])
+def test_bad_release_setting(cli, tmp_path, overrides, needle):
+    write_release(tmp_path / "r.yaml", **overrides)
+    _assert_bad_input(cli("build", "r.yaml"), needle, tmp_path)
+    assert not (tmp_path / "dist").exists()
+
+
+def test_blank_model_keep_float_entry(cli, tmp_path):
+    import yaml
+
+    cfg = write_release(tmp_path / "r.yaml")
+    data = yaml.safe_load(cfg.read_text())
+    data["model"]["keep_float_by_format"] = {"tflite": ["Log", "  "]}
+    cfg.write_text(yaml.safe_dump(data))
+    _assert_bad_input(cli("build", "r.yaml"), "model.keep_float_by_format.tflite.1", tmp_path)
+
+
+def test_duplicate_yaml_key_in_release(cli, tmp_path):
+    cfg = write_release(tmp_path / "r.yaml")
+    cfg.write_text(cfg.read_text() + "seed: 3\n")  # the release already sets seed: 0
+    _assert_bad_input(cli("build", "r.yaml"), "key 'seed' is written twice", tmp_path)
+
+
+def _broken_dataset(tmp_path, split: str, change) -> None:
+    """tiny_mm copied into tmp_path/data with one split's fields rewritten by `change`; r.yaml uses it."""
+    import shutil
+
+    import numpy as np
+
+    shutil.copytree(REPO / "calibration_data" / "tiny_mm", tmp_path / "data")
+    path = tmp_path / "data" / f"{split}.npz"
+    with np.load(path) as npz:
+        fields = {k: npz[k] for k in npz.files}
+    np.savez(path, **change(fields))
+    cfg = write_release(tmp_path / "r.yaml")
+    cfg.write_text(cfg.read_text().replace(str(REPO / "calibration_data" / "tiny_mm"), "./data"))
+
+
+def test_chw_images_where_hwc_is_expected(cli, tmp_path):
+    _broken_dataset(tmp_path, "calibration", lambda f: {**f, "image": f["image"].transpose(0, 3, 1, 2).copy()})
+    proc = cli("build", "r.yaml", "--no-progress")
+    _assert_bad_input(proc, "calibration.npz: field 'image' has per-sample shape (3, 24, 24)", tmp_path)
+    assert "[N, 24, 24, 3]" in proc.stderr and "looks CHW" in proc.stderr
+
+
+def test_dataset_fields_of_different_lengths(cli, tmp_path):
+    _broken_dataset(tmp_path, "eval", lambda f: {**f, "text": f["text"][:-5]})
+    proc = cli("build", "r.yaml", "--no-progress")
+    _assert_bad_input(proc, "eval.npz: fields hold different sample counts", tmp_path)
+    assert "text: 595" in proc.stderr and "image: 600" in proc.stderr
+
+
+@pytest.mark.parametrize("option", ["--cache-dir", "--dist"])
+def test_directory_option_is_a_file(cli, tmp_path, option):
+    write_release(tmp_path / "r.yaml")
+    (tmp_path / "taken").write_text("not a directory\n")
+    proc = cli("build", "r.yaml", option, "taken", "--no-progress")
+    label = "--cache-dir (or $EDGEPIPE_CACHE)" if option == "--cache-dir" else option
+    _assert_bad_input(proc, f"{label} taken exists and is not a directory", tmp_path)
+    assert "edgepipe build: release" not in proc.stdout  # refused before anything ran
+    proc = cli("build", "r.yaml", option, "taken/sub", "--no-progress")
+    _assert_bad_input(proc, "taken exists and is not a directory", tmp_path)
+
+
+def test_cache_dir_from_the_environment_is_a_file(cli, tmp_path):
+    write_release(tmp_path / "r.yaml")
+    (tmp_path / "taken").write_text("")
+    _assert_bad_input(cli("plan", "r.yaml", env={"EDGEPIPE_CACHE": "taken"}), "$EDGEPIPE_CACHE", tmp_path)
+
+
+def test_plan_imports_no_factory_code(cli, tmp_path):
+    """`plan` runs nothing: finding a dotted factory module must not execute its package's __init__."""
+    pkg = tmp_path / "marked" / "models"
+    pkg.mkdir(parents=True)
+    (tmp_path / "marked" / "__init__.py").write_text(f"open({str(tmp_path / 'MARKER')!r}, 'w').write('ran')\n")
+    (pkg / "__init__.py").write_text(f"open({str(tmp_path / 'MARKER2')!r}, 'w').write('ran')\n")
+    (pkg / "factory.py").write_text("from pipeline.models.tiny import TinyMultimodal as Factory\n")
+    cfg = write_release(tmp_path / "r.yaml")
+    cfg.write_text(cfg.read_text().replace("pipeline.models.tiny:TinyMultimodal", "marked.models.factory:Factory"))
+    env = {"PYTHONPATH": f"{tmp_path}:{REPO}"}
+    proc = cli("plan", "r.yaml", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "plan for release" in proc.stdout
+    assert not (tmp_path / "MARKER").exists() and not (tmp_path / "MARKER2").exists()
+    cfg.write_text(cfg.read_text().replace("marked.models.factory:", "marked.models.nope:"))
+    _assert_bad_input(cli("plan", "r.yaml", env=env), "module 'marked.models.nope' not found", tmp_path)
+    assert not (tmp_path / "MARKER").exists()
+
+
+@pytest.mark.slow
+def test_damaged_cache_entries_are_rebuilt(cli, tmp_path):
+    """A cache entry whose artifact.json parses but holds wrong types, or a file where an entry's folder belongs,
+    is treated as absent: the stage runs again and the build passes (it used to fail every later build)."""
+    import json
+    import shutil
+
+    write_release(tmp_path / "r.yaml", targets=["host-onnx-fp32"], profile=False)
+    first = cli("build", "r.yaml", "--no-progress")
+    assert first.returncode == 0, first.stdout + first.stderr
+    cache = tmp_path / ".edgepipe" / "cache"
+    [export] = [p for p in (cache / "export_onnx").iterdir() if not p.name.startswith(".")]
+    meta = json.loads((export / "artifact.json").read_text())
+    (export / "artifact.json").write_text(json.dumps({**meta, "files": sorted(meta["files"]), "meta": "oops"}))
+    [reference] = [p for p in (cache / "reference").iterdir() if not p.name.startswith(".")]
+    shutil.rmtree(reference)
+    reference.write_text("a stray file where the entry's folder belongs\n")
+    second = cli("build", "r.yaml", "--no-progress")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Traceback" not in second.stderr and "internal error" not in second.stderr
+    ran = [line.split()[0] for line in second.stdout.splitlines() if " done " in line]
+    assert "export_onnx" in ran and "reference" in ran and "load" not in ran, second.stdout
+    assert (export / "artifact.json").is_file() and reference.is_dir()
+    assert json.loads((export / "artifact.json").read_text())["meta"] != "oops"

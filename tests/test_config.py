@@ -116,3 +116,152 @@ def test_dynamic_activations_fit_only_onnx_and_tflite():
     with pytest.raises(ValueError, match="onnxruntime scheme"):
         TargetProfile.model_validate({**base, "format": "tflite", "runtime": "litert",
                                       "quantization": {"activations": "dynamic", "blockwise": ["/a/"]}})
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def _release_dict(**model) -> dict:
+    return {"release": "r", "model": {"factory": "a.b:C", "dataset": "x", **model}, "targets": ["host-onnx-fp32"]}
+
+
+@pytest.mark.parametrize("where", ["calibration", "release", "weight_rounding"])
+@pytest.mark.parametrize("seed,ok", [(-1, False), (0, True), (2**32 - 1, True), (2**32, False)])
+def test_seeds_are_non_negative_and_bounded(tmp_path, where, seed, ok):
+    """numpy refuses negative seeds (it was an internal error at the calibration draw); every seed field takes
+    0 .. 2^32-1, which numpy and torch both accept."""
+    if where == "calibration":
+        data, model = {"name": "t", "format": "onnx", "precision": "int8", "calibration": {"seed": seed}}, TargetProfile
+    elif where == "release":
+        data, model = {**_release_dict(), "seed": seed}, ReleaseConfig
+    else:
+        data, model = _release_dict(weight_rounding={"seed": seed}), ReleaseConfig
+    if ok:
+        model.model_validate(data)
+    else:
+        with pytest.raises(ValueError, match="seed"):
+            model.model_validate(data)
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "86401", "0"])
+def test_timeouts_are_finite_and_bounded(tmp_path, value):
+    p = tmp_path / "t.yaml"
+    p.write_text(f"name: t\nformat: onnx\nprecision: fp32\nbenchmark: {{timeout_s: {value}}}\n")
+    with pytest.raises(ConfigError, match=r"benchmark\.timeout_s"):
+        load_profile(str(p), tmp_path)
+    p.write_text("name: t\nformat: onnx\nprecision: fp32\nbenchmark: {timeout_s: 86400}\n")
+    assert load_profile(str(p), tmp_path).benchmark.timeout_s == 86400
+
+
+def test_no_float_setting_takes_inf_or_nan(tmp_path):
+    p = tmp_path / "t.yaml"
+    for text in ("gates: {max_accuracy_drop_pt: .inf}", "gates: {min_cosine: .nan}", "calibration: {percentile: .nan}"):
+        p.write_text(f"name: t\nformat: onnx\nprecision: int8\n{text}\n")
+        with pytest.raises(ConfigError, match="finite number"):
+            load_profile(str(p), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["tiny\n", "tiny\r", "tiny\n\n", " tiny", "tiny ", "ti ny", "\ntiny"])
+def test_names_are_checked_whole(tmp_path, name):
+    """`$` matches before a trailing newline: "tiny\\n" passed and created dist/tiny\\n/."""
+    with pytest.raises(ValueError, match="use 1-64 characters"):
+        ReleaseConfig.model_validate({**_release_dict(), "release": name})
+    with pytest.raises(ValueError, match="use 1-64 characters"):
+        TargetProfile.model_validate({"name": name, "format": "onnx", "precision": "fp32"})
+    with pytest.raises(ValueError, match="use 1-64 characters"):
+        ReleaseConfig.model_validate({**_release_dict(), "compression_study": {name: [{"method": "prune",
+                                                                                         "sparsity": 0.5}]}})
+
+
+@pytest.mark.parametrize("factory", ["a.b:C\n", "a.b:C ", "a.b\n:C", " a.b:C"])
+def test_factory_is_checked_whole(factory):
+    with pytest.raises(ValueError, match="package.module:Name"):
+        ReleaseConfig.model_validate(_release_dict(factory=factory))
+
+
+@pytest.mark.parametrize("text,line,first", [
+    ("release: a\nrelease: b\n", 2, 1),
+    ("model:\n  factory: a:b\n  dataset: x\n  factory: c:d\n", 4, 2),
+    ("gates: {min_agreement: 0.9, min_agreement: 0.5}\n", 1, 1),
+    ("targets: [host-onnx-fp32]\nmodel: {params: {fusion: concat}, params: {}}\n", 2, 2),
+])
+def test_duplicate_yaml_keys_are_refused(tmp_path, text, line, first):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_release(p)
+    msg = str(err.value)
+    assert f"line {line}:" in msg and "is written twice" in msg and f"first at line {first}" in msg, msg
+    assert "\n" not in msg
+
+
+def test_duplicate_key_in_a_profile_names_it(tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text("name: t\nformat: onnx\nprecision: int8\ncalibration:\n  samples: 64\n  samples: 128\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: line 6: key 'samples' is written twice \(first at line 5\)"):
+        load_profile(str(p), tmp_path)
+
+
+def test_merge_keys_may_be_overridden(tmp_path):
+    """`<<: *base` then a key of base is an override, not a duplicate."""
+    from pipeline.configfile import read_yaml
+
+    p = tmp_path / "x.yaml"
+    p.write_text("base: &b {samples: 64, seed: 1}\ncalibration:\n  <<: *b\n  samples: 128\n")
+    assert read_yaml(p)["calibration"] == {"samples": 128, "seed": 1}
+
+
+@pytest.mark.parametrize("path,value", [
+    ("quantization.keep_float", ["/a/", ""]),
+    ("quantization.keep_float", ["   "]),
+    ("quantization.blockwise", [""]),
+    ("quantization.op_types", ["\t"]),
+    ("ops.denied", [""]),
+    ("ops.allowed", [" "]),
+])
+def test_blank_entries_in_profile_lists(path, value):
+    """An empty node-name prefix matches every node: keep_float [''] kept the whole model float under an int8
+    label."""
+    section, key = path.split(".")
+    data = {"name": "t", "format": "onnx", "precision": "int8", section: {key: value}}
+    if key == "blockwise":
+        data[section]["activations"] = "dynamic"
+    with pytest.raises(ValueError, match="empty or blank entry"):
+        TargetProfile.model_validate(data)
+
+
+@pytest.mark.parametrize("model,steps", [
+    ({"keep_float": [""]}, None),
+    ({"keep_float_by_format": {"tflite": ["Log", ""]}}, None),
+    ({"weight_rounding": {"nodes": [" "]}}, None),
+    ({}, [{"method": "prune", "sparsity": 0.5, "layers": [""]}]),
+    ({}, [{"method": "prune", "sparsity": 0.5, "skip": ["  "]}]),
+    ({}, [{"method": "structured", "ratios": {"": 0.5}}]),
+])
+def test_blank_entries_in_release_lists(model, steps):
+    data = _release_dict(**model)
+    if steps:
+        data["compression"] = steps
+    with pytest.raises(ValueError, match="empty or blank entry"):
+        ReleaseConfig.model_validate(data)
+
+
+def test_min_samples_has_a_floor(tmp_path):
+    p = tmp_path / "t.yaml"
+    for n in (0, 1, 7):
+        p.write_text(f"name: t\nformat: onnx\nprecision: int8\ncalibration: {{min_samples: {n}}}\n")
+        with pytest.raises(ConfigError, match="calibration.min_samples: Input should be greater than or equal to 8"):
+            load_profile(str(p), tmp_path)
+    p.write_text("name: t\nformat: onnx\nprecision: int8\ncalibration: {min_samples: 8, samples: 8}\n")
+    assert load_profile(str(p), tmp_path).calibration.min_samples == 8
+
+
+def test_every_shipped_config_still_loads():
+    """The stricter rules (seeds, names, blanks, min_samples, timeouts, duplicate keys) keep every config the repo
+    ships valid: releases in examples/ and the default, profiles in targets/ and tools/bench_profiles/."""
+    for path in [DEFAULT_RELEASE, *sorted((REPO / "examples").glob("*.yaml"))]:
+        cfg, base = load_release(path)
+        for ref in cfg.targets:
+            load_profile(ref, base)
+    for path in sorted((REPO / "tools" / "bench_profiles").glob("*.yaml")):
+        load_profile(str(path), path.parent)

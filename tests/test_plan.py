@@ -76,3 +76,38 @@ def test_op_violations():
     assert op_violations(ops, ["CONV_2D", "ADD"], []) == ["FlexErf"]
     assert op_violations(ops, ["*"], []) == []
     assert op_violations(ops, ["CONV_2D"], ["Flex*"]) == ["FlexErf", "ADD"]
+
+
+def test_factory_module_is_found_without_running_any_package_code(tmp_path, monkeypatch):
+    """importlib.util.find_spec('pkg.sub') imports pkg; plan promises to run nothing, so it walks the path."""
+    import sys
+
+    from pipeline.plan import module_findable
+
+    for pkg in ("plan_marked", "plan_marked/inner"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text(f"open({str(tmp_path / 'RAN')!r}, 'a').write({pkg!r})\n")
+    (tmp_path / "plan_marked" / "inner" / "factory.py").write_text("raise SystemExit('imported')\n")
+    (tmp_path / "plan_marked" / "flat.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("plan_marked", "plan_marked.inner", "plan_marked.inner.factory", "plan_marked.flat",
+                 "pipeline.models.tiny", "json.decoder"):
+        assert module_findable(name), name
+    for name in ("plan_marked.nope", "plan_marked.flat.deeper", "plan_marked.inner.nope", "no_such_top.x", "json.nope"):
+        assert not module_findable(name), name
+    assert not (tmp_path / "RAN").exists()
+    assert not any(m.startswith("plan_marked") for m in sys.modules)
+
+
+def test_factory_submodule_of_a_path_extended_package_is_found(tmp_path, monkeypatch):
+    """A package split over two sys.path entries (pkgutil.extend_path in its __init__) finds its submodule in
+    either, still without running that __init__."""
+    from pipeline.plan import module_findable
+
+    for part, module in (("a", "one"), ("b", "two")):
+        (tmp_path / part / "plan_split").mkdir(parents=True)
+        (tmp_path / part / "plan_split" / "__init__.py").write_text(
+            "from pkgutil import extend_path\n__path__ = extend_path(__path__, __name__)\n")
+        (tmp_path / part / "plan_split" / f"{module}.py").write_text("")
+        monkeypatch.syspath_prepend(str(tmp_path / part))
+    assert module_findable("plan_split.one") and module_findable("plan_split.two")

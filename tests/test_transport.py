@@ -74,7 +74,7 @@ def test_run_reports_exit_code_and_env(local):
 
 
 @pytest.mark.parametrize("name", ["a; rm -rf x", "$(touch pwned)", "../x", "/etc/passwd", "a/../../x", "x\x00y",
-                                  "-rf", "a/-b", "", "a//b", "`touch pwned`"])
+                                  "-rf", "a/-b", "", "a//b", "`touch pwned`", "model.onnx\n", "a\n/b"])
 def test_hostile_remote_names_are_rejected(local, tmp_path, name):
     src = tmp_path / "f.txt"
     src.write_text("x")

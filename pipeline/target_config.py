@@ -1,0 +1,199 @@
+"""Target profiles: targets/profiles/<name>.yaml -> a validated TargetProfile (unknown keys rejected, every field
+described), plus the field rules release configs share (strict models, names, seeds, keep_float-like entries).
+
+Light on purpose: pydantic only (pipeline/config.py loads the files).
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+
+# Checked with fullmatch: `$` would also match before a trailing newline ("tiny\n" -> dist/tiny\n/).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# numpy's and torch's generators both take every seed in 0 .. 2**32 - 1 (numpy refuses negative ones)
+SEED_MAX = 2**32 - 1
+
+
+class Strict(BaseModel):
+    # .inf / .nan are no setting (an infinite timeout overflows the clock, a NaN compares false everywhere)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{value!r}: use 1-64 characters from A-Z a-z 0-9 . _ - (starting with a letter or digit; "
+                         "no spaces or newlines)")
+    return value
+
+
+def _not_blank(entry: str) -> str:
+    if not entry.strip():
+        raise ValueError("an empty or blank entry names nothing (as a prefix it would match every node); "
+                         "remove it or write the node, layer or op it means")
+    return entry
+
+
+# One entry of a keep_float-like list: a node-name prefix, an op type or an fnmatch pattern; never blank.
+Entry = Annotated[str, AfterValidator(_not_blank), WithJsonSchema({"type": "string", "pattern": r"\S"})]
+
+
+class SensitivityConfig(Strict):
+    enabled: bool = Field(
+        False, description="rank the layers by the fidelity int8 costs them (int8 simulated at one ONNX node at a "
+                           "time on calibration samples); when a gate fails, keep the worst ones float (declared "
+                           "in the manifest and the report)")
+    max_float_layers: int = Field(
+        4, ge=1, le=64, description="at most this many layers kept float automatically; the fewest that make the "
+                                    "gates pass are kept (tried 1, 2, 4, ... then narrowed)")
+    samples: int = Field(
+        32, ge=2, le=1024, description="calibration samples (the first of the target's calibration subset) the "
+                                       "ranking measures on; never eval samples")
+
+
+# QuantizationConfig fields added after cache keys existed, with their defaults (see stage_settings)
+_LATER_SETTINGS = {"activations": "static", "blockwise": []}
+
+
+class QuantizationConfig(Strict):
+    per_channel: bool = Field(True, description="per-output-channel weight scales (per-tensor breaks EfficientNet)")
+    symmetric_weights: bool = Field(True, description="symmetric int8 weights (zero-point 0)")
+    symmetric_activations: bool = Field(False, description="symmetric int8 activations")
+    activation_type: Literal["uint8", "int8"] = Field("uint8", description="activation integer type")
+    weight_type: Literal["int8", "uint8"] = Field("int8", description="weight integer type")
+    op_types: list[Entry] | None = Field(None, description="ONNX op types to quantize; null = the toolchain's set")
+    keep_float: list[Entry] = Field(
+        default_factory=list, description="node-name prefixes (or ONNX op types) that stay in float; recorded in the manifest"
+    )
+    preset: Literal["performance", "mixed"] = Field(
+        "mixed", description="OpenVINO/NNCF preset: symmetric (performance) or asymmetric activations (mixed)")
+    model_type: Literal["transformer"] | None = Field(
+        None, description="NNCF model_type; 'transformer' keeps attention-sensitive ops out of int8")
+    bias_correction: Literal["fast", "full", "none"] = Field(
+        "fast", description="NNCF bias correction after quantization")
+    overflow_fix: Literal["first_layer", "enable", "disable"] = Field(
+        "first_layer", description="NNCF overflow fix: 7-bit weights (first layer / every layer) so that CPUs "
+                                   "without VNNI cannot saturate u8*s8 sums; 'disable' = full 8-bit weights, for "
+                                   "CPUs with VNNI/AMX only")
+    activations: Literal["static", "dynamic"] = Field(
+        "static", description="static = activation ranges calibrated ahead of time (every format); dynamic = weights "
+                              "int8 ahead of time, activations quantized per input at run time (ONNX Runtime "
+                              "MatMulInteger, LiteRT dynamic-range kernels), no calibration: for transformers whose "
+                              "activation ranges vary from input to input. OpenVINO: static only")
+    blockwise: list[Entry] = Field(
+        default_factory=list,
+        description="ONNX with activations: dynamic: node-name prefixes of MatMuls whose weights are int8 in blocks "
+                    "of 128 inputs (onnxruntime MatMulNBits, 8 bit, int8 compute) instead of per output channel, "
+                    "for inputs with outlier channels (a transformer's FFN down-projection)")
+    io_dtype: Literal["float32", "int8", "uint8"] = Field(
+        "float32", description="TFLite int8: dtype of float model inputs/outputs (int8 writes scale/zero-point)")
+    sensitivity: SensitivityConfig = Field(
+        default_factory=SensitivityConfig,
+        description="automatic sensitivity pass: names the layers that cost the most fidelity and can keep the "
+                    "worst of them float when a gate fails")
+
+    def stage_settings(self) -> dict:
+        """What it does: the settings that change a quantizer's output (for stage cache keys): all but the
+        sensitivity pass, whose choices reach the quantizers as keep_float entries."""
+        settings = self.model_dump(exclude={"sensitivity"})
+        for name, default in _LATER_SETTINGS.items():  # at their defaults they stay out: earlier cache keys hold
+            if settings[name] == default:
+                settings.pop(name)
+        return settings
+
+    @model_validator(mode="after")
+    def _blockwise_is_dynamic(self):
+        if self.blockwise and self.activations != "dynamic":
+            raise ValueError("quantization.blockwise applies to activations: dynamic only")
+        return self
+
+
+class CalibrationConfig(Strict):
+    method: Literal["minmax", "entropy", "percentile", "toolchain_default"] = Field(
+        "minmax", description="range estimation method; toolchain_default = the quantizer's own default "
+                              "(used for baselines: NNCF averages per-sample ranges, ORT uses MinMax)")
+    samples: int = Field(256, ge=1, description="calibration samples drawn from the calibration split")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the calibration subset draw (0 .. 2^32-1)")
+    percentile: float = Field(99.999, gt=90, le=100, description="percentile for method=percentile")
+    min_samples: int = Field(
+        32, ge=8, description="refuse calibration sets smaller than this; at least 8, because ranges fitted to one "
+                              "or a few samples describe those samples, not the inputs the target will see")
+
+
+class BenchmarkConfig(Strict):
+    threads: int = Field(1, ge=1, le=256, description="runtime threads (set explicitly in every runtime)")
+    warmup: int = Field(10, ge=0, description="untimed runs before timing")
+    iterations: int = Field(100, ge=1, description="timed runs")
+    timeout_s: float = Field(300.0, gt=0, le=86400, description="wall-clock limit for one agent run (seconds, "
+                                                                "finite, at most 86400 = one day)")
+
+
+class GatesConfig(Strict):
+    max_accuracy_drop_pt: float = Field(1.0, ge=0, description="fail if eval accuracy drops more than this (points)")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="fail if top-1 agreement with fp32 is below")
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="fail if mean output cosine with fp32 is below")
+    golden_atol: float = Field(1e-4, ge=0, description="abs tolerance of the on-device golden-vector self-test")
+    golden_rtol: float = Field(1e-3, ge=0, description="rel tolerance of the on-device golden-vector self-test")
+
+
+class OpsConfig(Strict):
+    allowed: list[Entry] | None = Field(
+        None, description="op types (fnmatch patterns) the target runs; any other op fails the target")
+    denied: list[Entry] = Field(
+        default_factory=list, description="op types (fnmatch patterns, e.g. 'Flex*') that fail the target")
+
+
+class TransportConfig(Strict):
+    kind: Literal["local"] = Field("local", description="how the device is reached (ssh/adb/qemu come later)")
+
+
+class TargetProfile(Strict):
+    name: str = Field(description="profile name; the file is targets/profiles/<name>.yaml")
+    description: str = Field("", description="one line for humans")
+    format: Literal["onnx", "openvino", "tflite"] = Field(description="artifact format")
+    precision: Literal["fp32", "fp16", "int8"] = Field(description="weights/activations precision")
+    runtime: Literal["onnxruntime", "openvino", "litert"] = Field(
+        "onnxruntime", description="runtime that loads the artifact (must fit the format)")
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig, description="int8 settings")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="int8 calibration")
+    transport: TransportConfig = Field(default_factory=TransportConfig, description="how to reach the device")
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="latency measurement")
+    gates: GatesConfig = Field(default_factory=GatesConfig, description="verification gates")
+    ops: OpsConfig = Field(default_factory=OpsConfig, description="op allow/deny lists checked on the artifact")
+
+    @model_validator(mode="after")
+    def _runtime_fits(self):
+        fits = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
+        if fits[self.format] != self.runtime:
+            raise ValueError(f"runtime '{self.runtime}' cannot load format '{self.format}'; use '{fits[self.format]}'")
+        return self
+
+    @model_validator(mode="after")
+    def _dynamic_fits(self):
+        q = self.quantization
+        if q.activations == "dynamic" and self.format == "openvino":
+            raise ValueError("quantization.activations 'dynamic' is not available for openvino (NNCF quantizes "
+                             "activations statically); use 'static'")
+        if q.blockwise and self.format != "onnx":
+            raise ValueError(f"quantization.blockwise is an onnxruntime scheme; format '{self.format}' has none")
+        if q.activations == "dynamic" and q.sensitivity.enabled:
+            raise ValueError("quantization.sensitivity ranks static int8 layers; it does not apply to "
+                             "activations: dynamic")
+        return self
+
+    @model_validator(mode="after")
+    def _sensitivity_fits(self):
+        sens = self.quantization.sensitivity
+        if sens.enabled and self.precision != "int8":
+            raise ValueError(f"quantization.sensitivity.enabled applies to int8 targets only, this one is "
+                             f"{self.precision}")
+        if sens.enabled and sens.samples > self.calibration.samples:
+            raise ValueError(f"quantization.sensitivity.samples={sens.samples} exceeds calibration.samples="
+                             f"{self.calibration.samples} (the ranking measures on the calibration subset)")
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
