@@ -94,10 +94,21 @@ def check_artifact_json(data) -> None:
         raise ValueError("artifact.json: 'parents' is not a list of strings")
 
 
-def collect_files(root: Path) -> dict[str, str]:
-    """sha256 of every regular file under root (relative POSIX names), excluding artifact.json."""
+# Written by the cache beside artifact.json: each file's size and mtime at commit (pipeline/cache.py).
+STAT_FILE = ".edgepipe-stat.json"
+
+
+def list_files(root: Path) -> dict[str, Path]:
+    """Every regular file under root (relative POSIX name -> path), without artifact.json and the cache's stat file."""
     out = {}
     for path in sorted(root.rglob("*")):
         if path.is_file() and path.name != "artifact.json":
-            out[path.relative_to(root).as_posix()] = sha256_file(path)
+            rel = path.relative_to(root).as_posix()
+            if rel != STAT_FILE:
+                out[rel] = path
     return out
+
+
+def collect_files(root: Path) -> dict[str, str]:
+    """sha256 of every regular file under root (relative POSIX names), excluding artifact.json."""
+    return {rel: sha256_file(path) for rel, path in list_files(root).items()}

@@ -7,6 +7,7 @@ regular files the manifest lists, and runs the golden vectors.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .artifact import sha256_file, sha256_json
@@ -191,7 +193,7 @@ def weight_rounding(lineage) -> dict | None:
     """What it does: an artifact lineage -> the round_weights stage's summary (method, layers, samples,
     iterations, median/worst output-MSE ratio against round-to-nearest), or None when the chain has none."""
     for art in lineage or []:
-        if art.stage == "round_weights":
+        if art.stage == "round_weights" and "weight_rounding" in art.meta:  # (absent: nothing to round, passed on)
             return {k: v for k, v in art.meta["weight_rounding"].items() if k != "per_layer"}
     return None
 
@@ -220,51 +222,81 @@ def _quantization_manifest(profile, model, result) -> dict | None:
     return out
 
 
-def _copy_tree(src: Path, dst: Path, skip=("artifact.json",)) -> None:
-    for path in sorted(src.rglob("*")):
-        if path.is_file() and path.name not in skip:
-            out = dst / path.relative_to(src)
+@dataclass
+class BundlePlan:
+    """What a bundle holds before any byte is written: files copied from cache entries (their sha256 known from
+    the entry), generated files, the manifest. Comparing plans is how a rebuild knows a bundle did not change."""
+
+    sources: dict[str, Path] = field(default_factory=dict)  # bundle path -> cache file
+    blobs: dict[str, bytes] = field(default_factory=dict)  # bundle path -> generated content
+    files: dict[str, dict] = field(default_factory=dict)  # bundle path -> {"sha256", "size_bytes"}
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def manifest_bytes(self) -> bytes:
+        return (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    def add_artifact(self, art, prefix: str, subdir: str = "") -> None:
+        """Every file of a cache artifact (or of one of its sub-directories) under `prefix` in the bundle."""
+        for rel, sha in sorted(art.files.items()):
+            if subdir and not rel.startswith(subdir + "/"):
+                continue
+            name = (prefix + "/" if prefix else "") + (rel[len(subdir) + 1:] if subdir else rel)
+            self.sources[name] = art.path(rel)
+            self.files[name] = {"sha256": sha, "size_bytes": art.path(rel).stat().st_size}
+
+    def add_blob(self, name: str, data: bytes) -> None:
+        self.blobs[name] = data
+        self.files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+
+    def materialize(self, staging: Path) -> None:
+        for name, src in sorted(self.sources.items()):
+            out = staging / name
             out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, out)
+            shutil.copyfile(src, out)
+        for name, data in sorted(self.blobs.items()):
+            out = staging / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+        (staging / "manifest.json").write_bytes(self.manifest_bytes)
 
 
-def stage_bundle(staging: Path, ctx: dict) -> dict:
-    """Fill `staging` with the bundle of one target; returns its manifest."""
+def plan_bundle(ctx: dict) -> BundlePlan:
+    """What it does: one target's results -> its BundlePlan (model files, golden vectors, assets, README, manifest)."""
     from .iospec import IOSpec, TokenizerPreprocessing
     from .report import bundle_readme
 
+    plan = BundlePlan()
     result = ctx["result"]
     if getattr(result, "components", None):  # one subdirectory per component, each holding that component's model files
         for name, c in result.components.items():
-            _copy_tree(c["model"].root, staging / name)
+            plan.add_artifact(c["model"], name)
     else:
-        _copy_tree(result.model.root, staging)
-    _copy_tree(result.verification.path("golden"), staging / "golden")
-    assets = staging / "assets"
+        plan.add_artifact(result.model, "")
+    plan.add_artifact(result.verification, "golden", subdir="golden")
     specs = list(ctx["iospec"].inputs)
     if getattr(result, "components", None) and ctx.get("components"):
         specs += [s for n in result.components for s in IOSpec.model_validate(ctx["components"]["iospecs"][n]).inputs]
     for spec in specs:
         if isinstance(spec.preprocessing, TokenizerPreprocessing):
-            assets.mkdir(exist_ok=True)
-            shutil.copyfile(ctx["dataset_dir"] / spec.preprocessing.vocab_file,
-                            assets / Path(spec.preprocessing.vocab_file).name)
+            vocab = Path(spec.preprocessing.vocab_file)
+            plan.add_blob(f"assets/{vocab.name}", (ctx["dataset_dir"] / vocab).read_bytes())
     torch_model = ctx.get("torch_model")
-    if torch_model is not None and (torch_model.root / "assets").is_dir():  # the factory's assets (prompts, ...)
-        _copy_tree(torch_model.root / "assets", assets)
+    if torch_model is not None and any(f.startswith("assets/") for f in torch_model.files):  # prompts, ...
+        plan.add_artifact(torch_model, "assets", subdir="assets")
     if ctx["iospec"].labels:
-        assets.mkdir(exist_ok=True)
-        (assets / "labels.txt").write_text("\n".join(ctx["iospec"].labels) + "\n", encoding="utf-8")
-    provisional = manifest_for(ctx, {})
-    (staging / "README.md").write_text(bundle_readme(provisional), encoding="utf-8")
-    files = {}
-    for path in sorted(staging.rglob("*")):
-        if path.is_file():
-            files[path.relative_to(staging).as_posix()] = {"sha256": sha256_file(path),
-                                                           "size_bytes": path.stat().st_size}
-    manifest = manifest_for(ctx, files)
-    write_json(staging / "manifest.json", manifest)
-    return manifest
+        plan.add_blob("assets/labels.txt", ("\n".join(ctx["iospec"].labels) + "\n").encode("utf-8"))
+    plan.add_blob("README.md", bundle_readme(manifest_for(ctx, {})).encode("utf-8"))
+    plan.files = dict(sorted(plan.files.items()))
+    plan.manifest = manifest_for(ctx, plan.files)
+    return plan
+
+
+def stage_bundle(staging: Path, ctx: dict) -> dict:
+    """Fill `staging` with the bundle of one target; returns its manifest."""
+    plan = plan_bundle(ctx)
+    plan.materialize(staging)
+    return plan.manifest
 
 
 def write_tar(src: Path, out: Path, root_name: str) -> None:
@@ -311,6 +343,7 @@ def publish(staging: Path, final: Path) -> None:
 def remove_bundle(release_dir: Path, target: str) -> None:
     shutil.rmtree(release_dir / target, ignore_errors=True)
     (release_dir / f"{target}.tar.gz").unlink(missing_ok=True)
+    (release_dir / f".{target}.published.json").unlink(missing_ok=True)
 
 
 def config_hash(release, profile) -> str:

@@ -1,7 +1,8 @@
 """Content-addressed stage cache: (stage, version, config, inputs, calibration, tools) -> .edgepipe/cache/<stage>/<key>/.
 
 Entries are written into a temp dir, fsynced, then renamed into place, so a killed run never leaves a half
-entry; a lookup re-hashes the files and drops an entry that does not match its artifact.json, or whose
+entry; a lookup checks the files against what was committed (names, sizes and mtimes recorded at commit; the
+files are re-hashed against artifact.json when those differ) and drops an entry that does not match, or whose
 artifact.json is not a well-formed artifact, or that is not a directory at all (the stage then runs again).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .artifact import Artifact, canonical_json, check_artifact_json, collect_files
+from .artifact import STAT_FILE, Artifact, canonical_json, check_artifact_json, list_files, sha256_file
 
 
 def cache_key(stage: str, version: int, config: dict, input_shas: list[str], calibration_fp: str | None,
@@ -27,6 +28,23 @@ def cache_key(stage: str, version: int, config: dict, input_shas: list[str], cal
         "calibration": calibration_fp, "tools": tool_versions,
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def _unchanged(path: Path, art: Artifact) -> bool:
+    """What it does: an entry dir + its artifact -> whether its files are the ones committed. Fast path: the same
+    names, sizes and mtimes as recorded at commit (renames keep mtimes; any write changes them), so a warm build
+    does not re-hash hundreds of MB; otherwise every file is re-hashed against artifact.json."""
+    files = list_files(path)
+    if set(files) != set(art.files):
+        return False
+    try:
+        recorded = json.loads((path / STAT_FILE).read_text())
+        if set(recorded) == set(files) and all(
+                [p.stat().st_size, p.stat().st_mtime_ns] == recorded[rel] for rel, p in files.items()):
+            return True
+    except (OSError, ValueError, TypeError):
+        pass
+    return {rel: sha256_file(p) for rel, p in files.items()} == art.files
 
 
 def _remove(path: Path) -> None:
@@ -134,7 +152,7 @@ class Cache:
                 data = json.loads((path / "artifact.json").read_text())
                 check_artifact_json(data)
                 art = Artifact.from_json(data, root=path)
-                if art.sha256 == data["sha256"] and collect_files(path) == art.files:
+                if art.sha256 == data["sha256"] and _unchanged(path, art):
                     return art
             except (ValueError, TypeError, KeyError, OSError):
                 pass
@@ -158,6 +176,8 @@ class Cache:
         replace: a forced re-run (e.g. `--force profile`) supersedes the entry already there (a profile measured
         again must not be thrown away for the old one); the old entry is moved aside first, then removed."""
         (workdir / "artifact.json").write_text(json.dumps(art.to_json(), indent=1, sort_keys=True))
+        stats = {rel: [p.stat().st_size, p.stat().st_mtime_ns] for rel, p in list_files(workdir).items()}
+        (workdir / STAT_FILE).write_text(json.dumps(stats, sort_keys=True))
         _fsync_tree(workdir)
         final = self.entry(stage, key)
         if replace and (final.exists() or final.is_symlink()):

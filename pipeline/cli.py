@@ -111,10 +111,10 @@ def cmd_build(args) -> int:
     from .progress import Progress
     from .publish import publish_release
     from .executor import make_executor
-    from .report import print_stage_times, print_summary, stage_times
+    from .report import print_stage_times, print_summary, stage_times, timeline
     from .runner import Runner
 
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     _check_dir_option(args.cache_dir, "--cache-dir (or $EDGEPIPE_CACHE)")
     _check_dir_option(args.dist, "--dist")
     console = _console()
@@ -132,8 +132,9 @@ def cmd_build(args) -> int:
         runner = Runner(Cache(args.cache_dir), progress, log=log, force=tuple(args.force), executor=executor)
         state = runner.run(plan)
     times = stage_times(state.records)
-    index = publish_release(state, args.dist, build={"wall_s": round(time.perf_counter() - start, 2), "jobs": jobs,
-                                                     "stage_times": times})
+    build = {"wall_s": round(time.perf_counter() - start, 2), "jobs": jobs, "stage_times": times,
+             "timeline": timeline(state.records, started_at)}
+    index = publish_release(state, args.dist, build=build)
     print_summary(console, index)
     wall = time.perf_counter() - start
     print_stage_times(console, times, wall, jobs)

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
+import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +53,7 @@ class Dataset:
     root: Path
     iospec: IOSpec
     asset_root: Path | None = None  # where preprocessing assets (vocabularies) live; None: root
+    store: Path | None = None  # where preprocessed splits are kept between processes and builds (the stage cache)
     _cache: dict[str, Split] = field(default_factory=dict)
 
     @property
@@ -56,9 +62,14 @@ class Dataset:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def split_fingerprint(self, name: str) -> str:
-        """sha256 of the raw split file and the IOSpec (cheap: no preprocessing)."""
-        h = hashlib.sha256(file_sha256(split_path(self.root, name)).encode())
+        """sha256 of everything a split's inputs are made from (no preprocessing): the raw split file, the files
+        it refers to (photos), the preprocessing assets (vocabularies) and the IOSpec."""
+        path = split_path(self.root, name)
+        h = hashlib.sha256(file_sha256(path).encode())
         h.update(self.iospec.model_dump_json().encode())
+        for ref in sorted(_referenced_files(self, path)):
+            h.update(f"|{ref.relative_to(self.root) if ref.is_relative_to(self.root) else ref}|".encode())
+            h.update(file_sha256(ref).encode() if ref.is_file() else b"missing")
         return h.hexdigest()
 
     def split(self, name: str) -> Split:
@@ -70,9 +81,35 @@ class Dataset:
             if memo not in _SPLITS:
                 while len(_SPLITS) >= _SPLITS_MAX:
                     _SPLITS.pop(next(iter(_SPLITS)))
-                _SPLITS[memo] = load_split(self.root, name, self.iospec, self.asset_root)
+                _SPLITS[memo] = self._stored_split(name) if self.store is not None else \
+                    load_split(self.root, name, self.iospec, self.asset_root)
             self._cache[name] = _SPLITS[memo]
         return self._cache[name]
+
+    def _stored_split(self, name: str) -> "Split":
+        """What it does: a split -> its preprocessed arrays from the store (memory-mapped, read-only), made and
+        stored first when absent. Keyed by the split's fingerprint and the preprocessing code, so a changed photo,
+        vocabulary, IOSpec or edgepipe version makes a new entry."""
+        key = hashlib.sha256(f"{self.split_fingerprint(name)}|{_preprocessing_code()}".encode()).hexdigest()
+        entry = Path(self.store) / key
+        if not (entry / "split.json").is_file():
+            split = load_split(self.root, name, self.iospec, self.asset_root)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_mkdir(Path(self.store))))
+            for k, v in split.inputs.items():
+                np.save(tmp / f"input.{k}.npy", v)
+            if split.labels is not None:
+                np.save(tmp / "labels.npy", split.labels)
+            (tmp / "split.json").write_text(json.dumps({"inputs": list(split.inputs), "name": name,
+                                                        "fingerprint": split.fingerprint}))
+            try:
+                os.rename(tmp, entry)
+            except OSError:  # another process stored it first: same key, same arrays
+                shutil.rmtree(tmp, ignore_errors=True)
+            return split
+        meta = json.loads((entry / "split.json").read_text())
+        inputs = {k: np.load(entry / f"input.{k}.npy", mmap_mode="r") for k in meta["inputs"]}
+        labels = np.load(entry / "labels.npy") if (entry / "labels.npy").is_file() else None
+        return Split(name=name, inputs=inputs, labels=labels, fingerprint=meta["fingerprint"])
 
     def __getstate__(self) -> dict:
         # sent to worker processes as a description: the arrays are rebuilt (once per process) where needed
@@ -84,13 +121,53 @@ class Dataset:
         root = self.root / name
         if not root.is_dir():
             raise ConfigError(f"dataset directory {root} (data of a side component) does not exist")
-        return Dataset(root=root, iospec=iospec, asset_root=self.asset_root or self.root)
+        return Dataset(root=root, iospec=iospec, asset_root=self.asset_root or self.root, store=self.store)
 
 
-def open_dataset(root: Path, iospec: IOSpec) -> Dataset:
+def open_dataset(root: Path, iospec: IOSpec, store: Path | None = None) -> Dataset:
+    """What it does: a dataset directory + IOSpec -> a Dataset; `store` keeps its preprocessed splits on disk."""
     if not root.is_dir():
         raise ConfigError(f"dataset directory {root} does not exist; create it or fix model.dataset in the config")
-    return Dataset(root=root, iospec=iospec)
+    return Dataset(root=root, iospec=iospec, store=store)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _preprocessing_code() -> str:
+    """What it does: -> sha256 of the modules that turn raw data into model inputs (a changed one is a new entry)."""
+    from . import iospec as iospec_module
+    from . import wordpiece
+
+    h = hashlib.sha256()
+    for module in (sys.modules[__name__], iospec_module, wordpiece):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def _referenced_files(dataset: "Dataset", split_file: Path) -> list[Path]:
+    """What it does: a split file -> the files its inputs are read from besides itself: image files named in its
+    fields, vocabulary files of the IOSpec's tokenizers."""
+    refs = []
+    assets = dataset.asset_root or dataset.root
+    for spec in dataset.iospec.inputs:
+        pre = spec.preprocessing
+        if isinstance(pre, TokenizerPreprocessing) and pre.vocab_file:
+            refs.append(assets / pre.vocab_file)
+    if any(isinstance(s.preprocessing, ImagePreprocessing) for s in dataset.iospec.inputs) and split_file.is_file():
+        try:
+            with np.load(split_file, allow_pickle=False) as npz:
+                for spec in dataset.iospec.inputs:
+                    name = spec.source_field or spec.name
+                    if isinstance(spec.preprocessing, ImagePreprocessing) and name in npz.files:
+                        value = npz[name]
+                        if value.dtype.kind == "U":
+                            refs.extend(dataset.root / str(p) for p in sorted(set(value.tolist())))
+        except (ValueError, OSError, zipfile.BadZipFile):
+            pass  # an unreadable split is reported when it is loaded
+    return refs
 
 
 def split_path(root: Path, split: str) -> Path:

@@ -2,14 +2,18 @@
 release.resolved.yaml}. Only passed targets get a bundle; a failed target's old bundle is removed."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import yaml
 
 from . import __version__
-from .bundle import MODEL_SUFFIXES, config_hash, git_commit, publish, remove_bundle, stage_bundle, write_json, write_tar
+from .bundle import (MODEL_SUFFIXES, config_hash, git_commit, plan_bundle, publish, remove_bundle, write_json,
+                     write_tar)
 from .config import REPO_ROOT
 from .report import report_html
 from .runner import BuildState
@@ -57,6 +61,59 @@ def study_index(state: BuildState) -> list[dict]:
     return out
 
 
+def _stamp_path(release_dir: Path, name: str) -> Path:
+    return release_dir / f".{name}.published.json"
+
+
+def _published_state(release_dir: Path, name: str) -> dict:
+    """What it does: a published bundle -> sizes and mtimes of its directory's files and of its archive."""
+    root = release_dir / name
+    files = {p.relative_to(root).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
+             for p in sorted(root.rglob("*")) if p.is_file()}
+    tar = (release_dir / f"{name}.tar.gz").stat()
+    return {"files": files, "tar": [tar.st_size, tar.st_mtime_ns]}
+
+
+def _unchanged(release_dir: Path, name: str, plan) -> str | None:
+    """What it does: a target's new BundlePlan -> the archive's sha256 when the published bundle (directory and
+    archive) is what this plan would write and nobody touched it since (sizes and mtimes as recorded when it
+    was published), else None."""
+    try:
+        stamp = json.loads(_stamp_path(release_dir, name).read_text())
+        if stamp["manifest_sha256"] != hashlib.sha256(plan.manifest_bytes).hexdigest():
+            return None
+        if _published_state(release_dir, name) != stamp["state"]:
+            return None
+        return stamp["tar_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def publish_bundle(release_dir: Path, name: str, plan) -> str:
+    """What it does: a BundlePlan -> dist/<release>/<name>/ and <name>.tar.gz, each swapped in atomically; an
+    unchanged bundle is left as it is (a warm rebuild re-writes nothing). Returns the archive's sha256."""
+    from .artifact import sha256_file
+
+    same = _unchanged(release_dir, name, plan)
+    if same is not None:
+        return same
+    _stamp_path(release_dir, name).unlink(missing_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=release_dir))
+    try:
+        plan.materialize(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; a bundle is for others to read
+        write_tar(staging, release_dir / f"{name}.tar.gz", name)
+        publish(staging, release_dir / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    tar_sha = sha256_file(release_dir / f"{name}.tar.gz")
+    stamp = {"manifest_sha256": hashlib.sha256(plan.manifest_bytes).hexdigest(), "tar_sha256": tar_sha,
+             "state": _published_state(release_dir, name)}
+    _atomic_text(_stamp_path(release_dir, name), json.dumps(stamp, sort_keys=True))
+    return tar_sha
+
+
 def publish_release(state: BuildState, dist: Path, build: dict | None = None) -> dict:
     """Write every passed target's bundle and the release index/report; returns the index. `build`: how the
     build went (wall time, jobs, per-stage times) for index.json and the report."""
@@ -79,20 +136,8 @@ def publish_release(state: BuildState, dist: Path, build: dict | None = None) ->
                    "dataset_dir": state.plan.dataset_dir, "git_commit": commit,
                    "config_hash": config_hash(release, profile), "edgepipe_version": __version__, "name": name,
                    "components": state.component_wiring, "torch_model": state.torch_model}
-            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=release_dir))
-            try:
-                stage_bundle(staging, ctx)
-                write_tar(staging, release_dir / f"{name}.tar.gz", name)
-                publish(staging, release_dir / name)
-            except BaseException:
-                import shutil
-
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            from .artifact import sha256_file
-
             entry["bundle"] = f"{name}.tar.gz"
-            entry["bundle_sha256"] = sha256_file(release_dir / f"{name}.tar.gz")
+            entry["bundle_sha256"] = publish_bundle(release_dir, name, plan_bundle(ctx))
         else:
             remove_bundle(release_dir, name)
         entries.append(entry)

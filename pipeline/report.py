@@ -77,6 +77,51 @@ def stage_times(records) -> list[dict]:
     return [{**row, "seconds": round(row["seconds"], 2), "slowest_s": round(row["slowest_s"], 2)} for row in rows]
 
 
+def timeline(records, t0: float) -> list[dict]:
+    """What it does: stage records + the build's start (epoch s) -> the stages that ran, as {"stage", "target",
+    "start_s", "seconds", "lane"} (lane = which worker process, numbered in order of first use)."""
+    lanes: dict = {}
+    out = []
+    for r in sorted((r for r in records if not r.cached and r.start is not None), key=lambda r: r.start):
+        lane = lanes.setdefault(r.worker, len(lanes))
+        out.append({"stage": r.stage, "target": r.target, "start_s": round(r.start - t0, 2),
+                    "seconds": round(r.seconds, 2), "lane": lane})
+    return out
+
+
+def timeline_svg(items: list[dict], wall_s: float) -> str:
+    """What it does: timeline() items -> an SVG Gantt chart, one row per worker, stages coloured by name (what
+    kept the build busy, and where a core sat idle)."""
+    if not items:
+        return ""
+    lanes = max(i["lane"] for i in items) + 1
+    width, row, left = 900, 26, 70
+    scale = (width - left - 10) / max(wall_s, max(i["start_s"] + i["seconds"] for i in items), 1e-9)
+    names = sorted({i["stage"] for i in items})
+    palette = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+               "#9c755f", "#bab0ac", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#17becf"]
+    colour = {n: palette[k % len(palette)] for k, n in enumerate(names)}
+    height = lanes * row + 30 + 18 * ((len(names) + 4) // 5)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" '
+             f'font-family="sans-serif">']
+    for lane in range(lanes):
+        parts.append(f'<text x="4" y="{lane * row + 17}">worker {lane + 1}</text>')
+    for i in items:
+        x, w = left + i["start_s"] * scale, max(i["seconds"] * scale, 1.0)
+        tip = html.escape(f"{i['stage']} {i['target']}: {i['seconds']:.1f} s from {i['start_s']:.1f} s")
+        parts.append(f'<rect x="{x:.1f}" y="{i["lane"] * row + 4}" width="{w:.1f}" height="{row - 8}" '
+                     f'fill="{colour[i["stage"]]}"><title>{tip}</title></rect>')
+    axis_y = lanes * row + 12
+    for k in range(0, int(wall_s) + 1, max(10, int(wall_s / 10) // 10 * 10 or 10)):
+        parts.append(f'<text x="{left + k * scale:.1f}" y="{axis_y}">{k}s</text>')
+    for k, n in enumerate(names):
+        x, y = left + (k % 5) * 165, axis_y + 16 + 18 * (k // 5)
+        parts.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{colour[n]}"/>'
+                     f'<text x="{x + 14}" y="{y}">{html.escape(n)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def print_stage_times(console, rows: list[dict], wall_s: float, jobs: int) -> None:
     """What it does: stage_times() rows -> a console table, so the next slow stage is visible."""
     from rich.table import Table
@@ -101,7 +146,9 @@ def _stage_times_html(build: dict | None) -> str:
                    for r in build["stage_times"])
     return (f"<h2>Build time</h2><p>{build['wall_s']:.1f} s wall with {build['jobs']} job(s); seconds are each "
             "stage's own run time summed over its runs (parallel runs overlap).</p><table><tr><th>stage</th>"
-            f"<th>ran</th><th>cached</th><th>seconds</th><th>slowest run</th></tr>{rows}</table>\n")
+            f"<th>ran</th><th>cached</th><th>seconds</th><th>slowest run</th></tr>{rows}</table>\n"
+            f"<p>Timeline of the stages that ran, per worker process:</p>"
+            f"{timeline_svg(build.get('timeline') or [], build['wall_s'])}\n")
 
 
 def print_summary(console, index: dict) -> None:

@@ -22,6 +22,11 @@ from .stages import StageContext, get_stage
 
 # Stages that measure time: they run while nothing else runs (pipeline/executor/local.py).
 EXCLUSIVE_STAGES = frozenset({"profile"})
+# Which waiting stage gets a free worker first (lower first): those that gate many others, then the long int8
+# preparation on the critical path; anything not listed comes after these.
+PRIORITY = {"load": 0, "reference": 0, "compress": 0, "component_reference": 0, "export_onnx": 1,
+            "round_weights": 1, "export_savedmodel": 2, "quantize_onnx": 2, "quantize_openvino": 2,
+            "quantize_tflite": 2, "sensitivity": 2}
 
 
 @dataclass
@@ -31,6 +36,8 @@ class StageRecord:
     cached: bool
     seconds: float
     sha256: str
+    start: float | None = None  # epoch seconds, for stages that ran (the build timeline)
+    worker: int | None = None  # the process that ran it
 
 
 @dataclass
@@ -152,6 +159,7 @@ class Runner:
         self.force = set(force)
         self.executor = executor if executor is not None else InlineExecutor(progress)
         self._lock = threading.Lock()
+        self._components_lock = threading.Lock()
         self._inflight: dict[tuple[str, str], Future] = {}
 
     def prepare(self, plan: Plan) -> BuildState:
@@ -161,7 +169,7 @@ class Runner:
 
         factory = import_factory(plan.release.model.factory)
         iospec = _factory_call(factory, "iospec", plan.release.model.params)
-        dataset = open_dataset(plan.dataset_dir, iospec)
+        dataset = open_dataset(plan.dataset_dir, iospec, store=self.cache.root / "_memo" / "splits")
         for split in ("eval", "calibration"):
             dataset.split(split)  # preprocessing errors (shapes, fields) surface here
         state = BuildState(plan=plan, iospec=iospec, dataset=dataset)
@@ -258,10 +266,11 @@ class Runner:
             state.records.append(StageRecord(name, target, True, time.perf_counter() - start, hit.sha256))
             return hit
         unit = StageUnit.make(name, key, artifact, ctx, self.cache.root, replace=name in self.force,
-                              exclusive=name in EXCLUSIVE_STAGES, label=target)
-        art, seconds = self.executor.submit(unit).result()
+                              exclusive=name in EXCLUSIVE_STAGES, label=target, priority=PRIORITY.get(name, 5))
+        art, ran = self.executor.submit(unit).result()
+        seconds = ran["seconds"]
         self.log(f"  {name:<14} {target:<22} done    {key[:12]}  {seconds:.1f}s")
-        state.records.append(StageRecord(name, target, False, seconds, art.sha256))
+        state.records.append(StageRecord(name, target, False, seconds, art.sha256, ran["start"], ran["pid"]))
         return art
 
     def run(self, plan: Plan) -> BuildState:
@@ -273,8 +282,6 @@ class Runner:
         if state.plan.release.compression:  # every export starts from the compressed model; the reference stays
             state.torch_model = self.run_stage(state, "compress", state.torch_model)
             state.torch_lineage.append(state.torch_model)
-        if any(r.plan.export == "components" for r in state.targets):
-            self.prepare_components(state)
         self.each_target(state, state.targets)
         if state.plan.release.compression_study:
             self.run_study(state)
@@ -287,6 +294,13 @@ class Runner:
             if run is not None:
                 return run(result)
             if result.plan.export == "components":
+                with self._components_lock:  # the first components target prepares them; fused ones never wait
+                    if state.components is None:
+                        try:
+                            self.prepare_components(state)
+                        except BaseException:
+                            state.components = state.component_wiring = state.component_reference = None
+                            raise
                 return self.run_components_target(state, result)
             return self.run_target(state, result)
 
@@ -356,14 +370,16 @@ class Runner:
         import numpy as np
 
         ref = state.component_reference
-        return {s.name: np.load(ref.path(f"eval.{name}.in.{s.name}.npy"))[0:1]
-                for s in state.components[name].iospec.inputs}
+        memo = state.__dict__.setdefault("_examples", {})
+        if (ref.sha256, name) not in memo:
+            memo[(ref.sha256, name)] = {s.name: np.ascontiguousarray(np.load(ref.path(f"eval.{name}.in.{s.name}.npy"),
+                                                                              mmap_mode="r")[0:1])
+                                        for s in state.components[name].iospec.inputs}
+        return memo[(ref.sha256, name)]
 
     def component_calibration(self, state: BuildState, tp: TargetPlan, name: str) -> CalibrationSet:
         """What it does: a component + target -> the component's calibration subset (same sample draw as the
         fused model's, inputs computed by the fp32 torch components)."""
-        import numpy as np
-
         c = tp.profile.calibration
         comp = state.components[name]
         ref = state.component_reference

@@ -5,6 +5,7 @@ import. A stage writes only under `ctx.workdir` and returns `ctx.artifact(...)`.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
@@ -111,9 +112,10 @@ def missing_imports(names: tuple[str, ...]) -> list[str]:
     return [n for n in names if importlib.util.find_spec(n) is None]
 
 
-def get_stage(name: str) -> Stage:
-    """Instantiate a registered stage; its module is imported now, never at `import pipeline`."""
-    target = STAGES[name]
+def get_stage(name: str, ref: str | None = None) -> Stage:
+    """Instantiate a registered stage (or the "module:Class" `ref` given); its module is imported now, never at
+    `import pipeline`."""
+    target = ref or STAGES[name]
     module_name, cls_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     missing = missing_imports(cls.requires)
@@ -138,12 +140,14 @@ _VERSION_NAMES = {"onnxruntime": "onnxruntime", "onnx": "onnx", "torch": "torch"
 
 def tool_versions(names: tuple[str, ...]) -> dict[str, str]:
     """Installed versions of the given distributions (without importing them)."""
+    return {n: _version(n) for n in sorted(set(names) | {"numpy"})}
+
+
+@functools.lru_cache(maxsize=None)
+def _version(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
-    for n in sorted(set(names) | {"numpy"}):
-        try:
-            out[n] = version(_VERSION_NAMES.get(n, n))
-        except PackageNotFoundError:
-            out[n] = "absent"
-    return out
+    try:
+        return version(_VERSION_NAMES.get(name, name))
+    except PackageNotFoundError:
+        return "absent"

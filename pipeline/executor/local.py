@@ -7,6 +7,7 @@ when no other unit runs or waits, and nothing else starts while they run, so tim
 """
 from __future__ import annotations
 
+import heapq
 import multiprocessing
 import pickle
 import signal
@@ -154,8 +155,8 @@ def _apply_progress(progress, tasks: dict, event: tuple) -> None:
 
 
 class LocalExecutor:
-    """N worker processes fed from one scheduler: shared units in submission order; an exclusive unit when the
-    pool is idle and no shared unit waits."""
+    """N worker processes fed from one scheduler: shared units by priority (lower first: stages that gate many
+    others), then submission order; an exclusive unit when the pool is idle and no shared unit waits."""
 
     def __init__(self, jobs: int, progress, log=print):
         self.jobs = max(1, int(jobs))
@@ -163,7 +164,8 @@ class LocalExecutor:
         self.log = log
         self._mp = multiprocessing.get_context("spawn")
         self._cond = threading.Condition()
-        self._shared: deque = deque()
+        self._shared: list = []  # heap of (priority, submission order, unit, future)
+        self._seq = 0
         self._exclusive: deque = deque()
         self._running = 0
         self._running_exclusive = False
@@ -179,7 +181,11 @@ class LocalExecutor:
         with self._cond:
             if self._closed:
                 raise RuntimeError("executor is closed")
-            (self._exclusive if unit.exclusive else self._shared).append((unit, fut))
+            if unit.exclusive:
+                self._exclusive.append((unit, fut))
+            else:
+                self._seq += 1
+                heapq.heappush(self._shared, (unit.priority, self._seq, unit, fut))
             self._cond.notify_all()
         return fut
 
@@ -190,7 +196,7 @@ class LocalExecutor:
                 if self._closed:
                     return None
                 if self._shared and not self._running_exclusive:
-                    unit, fut = self._shared.popleft()
+                    _, _, unit, fut = heapq.heappop(self._shared)
                     self._running += 1
                     return unit, fut, False
                 if self._exclusive and not self._shared and self._running == 0 and not self._running_exclusive:
@@ -243,7 +249,7 @@ class LocalExecutor:
                     w.proc.kill()
         with self._cond:
             self._closed = True
-            pending = list(self._shared) + list(self._exclusive)
+            pending = [(u, f) for _, _, u, f in self._shared] + list(self._exclusive)
             self._shared.clear()
             self._exclusive.clear()
             self._cond.notify_all()

@@ -7,6 +7,7 @@ its progress sink and stage object (the executor gives it a progress sink that r
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ class StageUnit:
     replace: bool = False
     exclusive: bool = False
     label: str = ""
+    ref: str = ""  # "module:Class" of the stage (default: the registry's entry for `name`)
+    priority: int = 5  # lower runs first when units wait for a worker
 
     @classmethod
     def make(cls, name: str, key: str, artifact: Artifact | None, ctx: StageContext, cache_root: Path, **kw):
@@ -37,13 +40,14 @@ class StageUnit:
                    str(cache_root), **kw)
 
 
-def execute_unit(unit: StageUnit, progress) -> tuple[Artifact, float]:
-    """What it does: a unit + a progress sink -> (the stage's artifact committed to the cache under unit.key,
-    seconds the stage took where it ran)."""
-    stage = get_stage(unit.name)
+def execute_unit(unit: StageUnit, progress) -> tuple[Artifact, dict]:
+    """What it does: a unit + a progress sink -> (the stage's artifact committed to the cache under unit.key, where
+    and when it ran: {"seconds", "start", "end" (epoch seconds), "pid"})."""
+    stage = get_stage(unit.name, unit.ref or None)
     cache = Cache(Path(unit.cache_root))
     ctx = dataclasses.replace(unit.ctx, progress=progress, stage=stage, cache_root=cache.root)
     ctx.workdir = cache.new_workdir(unit.name)
+    wall = time.time()
     start = time.perf_counter()
     try:
         art = stage.run(unit.artifact, ctx)
@@ -51,4 +55,5 @@ def execute_unit(unit: StageUnit, progress) -> tuple[Artifact, float]:
         shutil.rmtree(ctx.workdir, ignore_errors=True)
         raise
     art = cache.commit(unit.name, unit.key, ctx.workdir, art, replace=unit.replace)
-    return art, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return art, {"seconds": seconds, "start": wall, "end": wall + seconds, "pid": os.getpid()}

@@ -15,6 +15,7 @@ onnxruntime running the fp32 graph on calibration samples (the standard, non-seq
 """
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 
@@ -288,6 +289,12 @@ class RoundWeights(Stage):
                                            (n.op_type for n in model.graph.node))
         skip = set(_keep_float_nodes(model, patterns))
         layers = rounding_layers(model, skip, rounding.nodes)
+        if not layers:  # nothing to round: pass the graph through unchanged (same artifact identity, so the int8
+            for rel in artifact.files:  # chain shares every later stage with the fp32 chain)
+                (ctx.workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(artifact.path(rel), ctx.workdir / rel)
+            return ctx.artifact(artifact.kind, component=artifact.component, precision=artifact.precision,
+                                meta=artifact.meta)
         samples = list(ctx.calibration)[: rounding.samples]
         inits = {i.name: i for i in model.graph.initializer}
         report = []
@@ -321,7 +328,5 @@ class RoundWeights(Stage):
             "median_mse_ratio": float(np.median(ratios)) if ratios else None,
             "worst_mse_ratio": float(max(ratios)) if ratios else None,
             "per_layer": report}}
-        if not report:
-            meta["weight_rounding"]["note"] = "no layer to round in this graph"
         return ctx.artifact("onnx", component=artifact.component, precision="fp32", meta=meta,
                             main_file="model.onnx")
