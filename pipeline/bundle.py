@@ -151,6 +151,7 @@ def _components_manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
         "components": components_manifest(ctx, files),
         "verification": ver, "latency": result.latency(),
         "golden": {"dir": "golden", "atol": profile.gates.golden_atol, "rtol": profile.gates.golden_rtol},
+        "device": _device(result),
     }
 
 
@@ -186,7 +187,15 @@ def _fused_manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
         "verification": ver,
         "latency": result.profile.meta if result.profile is not None else None,
         "golden": {"dir": "golden", "atol": profile.gates.golden_atol, "rtol": profile.gates.golden_rtol},
+        "device": _device(result),
     }
+
+
+def _device(result) -> dict | None:
+    """What it does: a target result -> the manifest's device section: the facts read from the device (or
+    declared) that its int8 settings and measurements belong to."""
+    facts = getattr(result, "device", None)
+    return facts.to_json() if facts is not None else None
 
 
 def weight_rounding(lineage) -> dict | None:

@@ -33,16 +33,20 @@ class Profile(Stage):
                "golden": ctx.deps["verification"].sha256}
         if ctx.component != "model":  # only then: fused profiles keep their cache key
             cfg["component"] = ctx.component
+        if ctx.device is not None:  # a measurement belongs to the device it was taken on
+            cfg["device"] = ctx.device.identity(ctx.target.runtime)
         return cfg
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
-        from targets.transport import make_transport, run_agent
+        from targets.transport import run_agent
+
+        from .devices import open_transport
 
         b = ctx.target.benchmark
         # a components verification holds one golden dir per component
         golden = ctx.deps["verification"].path("golden" if ctx.component == "model" else f"golden/{ctx.component}")
         try:
-            with make_transport(ctx.target.transport.kind) as transport:
+            with open_transport(ctx.target.transport, ctx.base_dir) as transport:
                 model_dir = transport.push(artifact.root, "model")
                 golden_dir = transport.push(golden, "golden")
                 model_file = f"{model_dir}/{artifact.meta['main_file']}"
@@ -57,5 +61,7 @@ class Profile(Stage):
             fails = golden_result.get("failures") or ["?"]
             raise StageError(f"golden self-test failed on {ctx.target.transport.kind}: {fails[0]}")
         result["transport"] = ctx.target.transport.kind
+        if ctx.device is not None:
+            result["device"] = ctx.device.to_json()
         (ctx.workdir / "profile.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         return ctx.artifact("profile", component=artifact.component, precision=artifact.precision, meta=result)

@@ -15,7 +15,7 @@ from pathlib import Path
 from .artifact import Artifact
 from .cache import Cache, cache_key
 from .calibration import CalibrationSet
-from .errors import ConfigError, EdgepipeError, ModelFactoryError, StageError
+from .errors import ConfigError, EdgepipeError, ModelFactoryError, StageError, TransportError
 from .plan import EXPORT_CHAINS, Plan, TargetPlan
 from .progress import Progress
 from .stages import StageContext, get_stage
@@ -53,6 +53,7 @@ class TargetResult:
     # export: components -> per component name: {"model", "lineage", "profile"} (run order)
     components: dict[str, dict] = field(default_factory=dict)
     sensitivity: dict | None = None  # quantization.sensitivity: ranking, gate failure, layers kept float (fallback.py)
+    device: object | None = None  # DeviceFacts of the target's device, read before any of its stages
 
     def models(self) -> dict[str, Artifact]:
         """What it does: a result -> its final model artifact(s) by component ("model" for a fused graph)."""
@@ -90,6 +91,7 @@ class BuildState:
     records: list[StageRecord] = field(default_factory=list)
     # compression_study: recipe name -> {"recipe", "compression" (summary or None), "results": {target: TargetResult}}
     study: dict = field(default_factory=dict)
+    host: object | None = None  # DeviceFacts of the build host (pipeline/devices.py)
 
 
 @contextlib.contextmanager
@@ -219,7 +221,8 @@ class Runner:
 
     def run_stage(self, state: BuildState, name: str, artifact: Artifact | None, target: str = "*",
                   profile=None, calibration: CalibrationSet | None = None,
-                  deps: dict[str, Artifact] | None = None, component: str = "model", release=None) -> Artifact:
+                  deps: dict[str, Artifact] | None = None, component: str = "model", release=None,
+                  device=None) -> Artifact:
         stage = get_stage(name)
         iospec = state.iospec if component == "model" else state.components[component].iospec
         ctx = StageContext(release=release or state.plan.release, base_dir=state.plan.base_dir, iospec=iospec,
@@ -227,7 +230,8 @@ class Runner:
                            deps=dict(deps or {}), stage=stage, component=component,
                            example=None if component == "model" else self.component_example(state, component),
                            side_iospecs={n: (c.dataset, c.iospec) for n, c in (getattr(state, "components", None) or {}).items()
-                                         if c.side})
+                                         if c.side},
+                           device=device, host=state.host if device is not None else None)
         inputs = ([artifact.sha256] if artifact else []) + [a.sha256 for _, a in sorted(ctx.deps.items())]
         key = cache_key(name, stage.version, stage.config(ctx), inputs,
                         calibration.fingerprint() if calibration is not None else None, stage.tool_versions())
@@ -395,6 +399,7 @@ class Runner:
         per-component profiles; a failure fails only this target."""
         tp = result.plan
         with _target_failures(result):
+            self.read_device(state, result)
             for cname, comp in state.components.items():
                 art = state.torch_model
                 lineage = list(getattr(state, "torch_lineage", None) or [art])
@@ -403,7 +408,8 @@ class Runner:
                     EXPORT_CHAINS[(profile.format, profile.precision)]
                 for name in chain:
                     calib = self.component_calibration(state, tp, cname) if get_stage(name).needs_calibration else None
-                    art = self.run_stage(state, name, art, f"{tp.name}/{cname}", profile, calib, component=cname)
+                    art = self.run_stage(state, name, art, f"{tp.name}/{cname}", profile, calib, component=cname,
+                                         device=result.device)
                     lineage.append(art)
                 self._check_ops(art, tp)
                 result.components[cname] = {"model": art, "lineage": lineage}
@@ -418,15 +424,33 @@ class Runner:
                 check_keep_float_applied(state.plan.release, tp.profile, result.components)
             deps = {"reference": state.reference, "component_reference": state.component_reference}
             deps.update({f"component.{n}": c["model"] for n, c in result.components.items()})
-            result.verification = self.run_stage(state, "verify_components", None, tp.name, tp.profile, deps=deps)
+            result.verification = self.run_stage(state, "verify_components", None, tp.name, tp.profile, deps=deps,
+                                                 device=result.device)
             from .verify import gate_failures
 
             result.reasons = gate_failures(result.verification.meta, tp.profile.gates)
             if state.plan.release.profile:
                 for cname, c in result.components.items():
                     c["profile"] = self.run_stage(state, "profile", c["model"], f"{tp.name}/{cname}", tp.profile,
+                                                  device=result.device,
                                                   deps={"verification": result.verification}, component=cname)
             result.status = "failed" if result.reasons else "passed"
+
+    def read_device(self, state: BuildState, result: TargetResult) -> None:
+        """What it does: a target -> result.device: its device's facts, read through its transport (or declared)
+        before any of its stages runs; an unreachable device fails this target only."""
+        from .devices import device_facts, host_facts
+
+        if state.host is None:
+            state.host = host_facts()
+        if result.device is None:
+            try:
+                result.device = device_facts(result.plan.profile, state.plan.base_dir)
+            except TransportError as err:
+                raise StageError(f"device of target '{result.plan.name}' not reachable: {err}") from err
+            self.log(f"  device         {result.plan.name:<22} {result.device.transport}: {result.device.arch} "
+                     f"{result.device.cpu_model}, {result.device.cores} cores, int8 {result.device.int8_class}"
+                     f"{' (emulated)' if result.device.emulated else ''}")
 
     @staticmethod
     def _check_ops(art: Artifact, tp: TargetPlan) -> None:
@@ -443,6 +467,7 @@ class Runner:
         as in the compression study) and profile; `label` names it in the log (default: the target name)."""
         tp = result.plan
         with _target_failures(result):
+            self.read_device(state, result)
             self.run_chain(state, result, tp.profile, label=label)
             if fallback and tp.profile.quantization.sensitivity.enabled:
                 from .fallback import sensitivity_fallback
@@ -450,6 +475,7 @@ class Runner:
                 sensitivity_fallback(self, state, result)
             if state.plan.release.profile:
                 result.profile = self.run_stage(state, "profile", result.model, label or tp.name, tp.profile,
+                                                device=result.device,
                                                 deps={"verification": result.verification})
             result.status = "failed" if result.reasons else "passed"
 
@@ -461,11 +487,11 @@ class Runner:
         result.lineage = list(getattr(state, "torch_lineage", None) or [art])
         for name in tp.chain:
             calib = self.calibration_for(state, tp) if get_stage(name).needs_calibration else None
-            art = self.run_stage(state, name, art, label or tp.name, profile, calib)
+            art = self.run_stage(state, name, art, label or tp.name, profile, calib, device=result.device)
             result.lineage.append(art)
         result.model = art
         self._check_ops(art, tp)
-        result.verification = self.run_stage(state, "verify", art, label or tp.name, profile,
+        result.verification = self.run_stage(state, "verify", art, label or tp.name, profile, device=result.device,
                                              deps={"reference": state.reference})
         from .verify import gate_failures
 

@@ -83,6 +83,8 @@ class StageContext:
     example: dict | None = None  # a component's inputs for eval sample 0 (fp32 torch chain); None: the model's
     side_iospecs: dict | None = None  # side component name -> (data sub-directory, IOSpec)
     cache_root: Path | None = None  # the stage cache: where `memo` keeps sub-results shared between stage runs
+    device: object | None = None  # targets.device.DeviceFacts of the target's device (pipeline/devices.py)
+    host: object | None = None  # DeviceFacts of the build host, where host-side verification runs
 
     def example_inputs(self) -> dict:
         """What it does: ctx -> one batch-1 input dict for this graph (tracing, converter self-checks): eval

@@ -144,8 +144,82 @@ class OpsConfig(Strict):
         default_factory=list, description="op types (fnmatch patterns, e.g. 'Flex*') that fail the target")
 
 
-class TransportConfig(Strict):
-    kind: Literal["local"] = Field("local", description="how the device is reached (ssh/adb/qemu come later)")
+class _Retries(Strict):
+    retries: int = Field(0, ge=0, le=10, description="times a failed connection, push or agent run is tried again "
+                                                    "(a timeout or a failing golden check is never retried)")
+    retry_backoff_s: float = Field(2.0, ge=0, le=600, description="seconds before the first retry; doubled each time")
+
+
+class LocalTransportConfig(_Retries):
+    kind: Literal["local"] = Field("local", description="the build host itself is the device")
+
+
+class SshTransportConfig(_Retries):
+    kind: Literal["ssh"] = Field(description="a board reached over OpenSSH (key-based, host key checked strictly)")
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:_\[\]-]+$",
+                      description="host name or address of the board")
+    port: int = Field(22, ge=1, le=65535, description="sshd port")
+    user: str = Field("root", min_length=1, max_length=64, pattern=r"^[a-z_][a-z0-9_.-]*$",
+                      description="login name on the board")
+    identity_file: str = Field(min_length=1, description="private key file (path; ~ and $VARS are expanded; "
+                                                          "relative paths are relative to the profile file)")
+    known_hosts: str = Field(min_length=1, description="known_hosts file that must already hold the board's host "
+                                                        "key; an unknown or changed key is refused, never accepted")
+    workdir: str = Field("/tmp/edgepipe", pattern=r"^/[A-Za-z0-9._/-]*$",
+                         description="absolute directory on the board under which each run gets its own folder")
+    python: str = Field("python3", pattern=r"^[A-Za-z0-9._/-]+$", description="Python on the board")
+    connect_timeout_s: float = Field(10.0, gt=0, le=600, description="seconds to establish the connection")
+
+
+class AdbTransportConfig(_Retries):
+    kind: Literal["adb"] = Field(description="an Android device reached over adb")
+    serial: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+                        description="device serial as `adb devices` lists it (or host:port for adb over TCP)")
+    adb: str = Field("adb", min_length=1, description="adb executable (name on PATH or path)")
+    workdir: str = Field("/data/local/tmp/edgepipe", pattern=r"^/[A-Za-z0-9._/-]*$",
+                         description="absolute directory on the device under which each run gets its own folder")
+    python: str | None = Field(None, pattern=r"^[A-Za-z0-9._/-]+$",
+                               description="Python on the device (e.g. Termux); null: the device has none and "
+                                           "`benchmark_binary` runs instead")
+    benchmark_binary: str | None = Field(
+        None, pattern=r"^/[A-Za-z0-9._/-]+$",
+        description="on-device path of the runtime's own benchmark tool (LiteRT benchmark_model, "
+                    "onnxruntime_perf_test), used when the device has no Python")
+
+
+class QemuTransportConfig(_Retries):
+    kind: Literal["qemu"] = Field(description="an emulated aarch64 Linux device on the build host (qemu user mode "
+                                              "over an arm64 sysroot made by `edgepipe device setup`)")
+    cpu: str = Field("cortex-a53", pattern=r"^[a-z0-9][a-z0-9,=_.-]*$",
+                     description="emulated CPU model (qemu -cpu): cortex-a53 for a camera SoC, cortex-a72 for a board")
+    sysroot: str = Field("qemu-arm64", pattern=r"^[A-Za-z0-9._-]+$",
+                         description="name of the emulated device image (edgepipe device setup <name>)")
+    count_instructions: bool = Field(True, description="also count instructions retired per inference (a cost "
+                                                       "figure that repeats exactly; emulated wall time does not)")
+
+
+TransportConfig = Annotated[
+    LocalTransportConfig | SshTransportConfig | AdbTransportConfig | QemuTransportConfig,
+    Field(discriminator="kind")]
+
+
+class DeviceConfig(Strict):
+    probe: bool = Field(True, description="read the device's facts (ISA, int8 CPU features, cores, OS, runtimes) "
+                                          "through its transport before any stage runs; false: use the declared "
+                                          "ones below (a device not reachable from the build)")
+    arch: Literal["x86_64", "aarch64"] | None = Field(None, description="declared ISA (needed when probe is false; "
+                                                                        "checked against the probe otherwise)")
+    features: list[Entry] = Field(default_factory=list, description="declared CPU features (/proc/cpuinfo names, "
+                                  "e.g. avx2, avx512_vnni, asimddp, i8mm)")
+    cpu_model: str = Field("", max_length=200, description="declared CPU model, for records")
+    cores: int = Field(0, ge=0, le=4096, description="declared core count, for records")
+    runtimes: dict[str, str] = Field(default_factory=dict, description="declared runtime versions on the device")
+
+    @model_validator(mode="after")
+    def _declared_when_not_probed(self):
+        if not self.probe and self.arch is None:
+            raise ValueError("device.probe is false: declare device.arch (and its features)")
+        return self
 
 
 class TargetProfile(Strict):
@@ -157,7 +231,13 @@ class TargetProfile(Strict):
         "onnxruntime", description="runtime that loads the artifact (must fit the format)")
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig, description="int8 settings")
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="int8 calibration")
-    transport: TransportConfig = Field(default_factory=TransportConfig, description="how to reach the device")
+    transport: TransportConfig = Field(default_factory=LocalTransportConfig, description="how to reach the device")
+    device: DeviceConfig = Field(default_factory=DeviceConfig, description="what the device is: probed through the "
+                                 "transport, or declared")
+    required: bool = Field(False, description="a failure of this target fails the whole release (exit 1 and no "
+                                              "index switch); otherwise only the target fails")
+    verify_on_device: int = Field(0, ge=0, le=100000, description="eval samples also run on the device and compared "
+                                  "with the fp32 reference there (agreement, cosine), besides the golden vectors")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="latency measurement")
     gates: GatesConfig = Field(default_factory=GatesConfig, description="verification gates")
     ops: OpsConfig = Field(default_factory=OpsConfig, description="op allow/deny lists checked on the artifact")

@@ -94,8 +94,11 @@ class Verify(Stage):
 
     def config(self, ctx: StageContext) -> dict:
         g = ctx.target.gates
-        return {"golden_count": ctx.release.golden_count, "atol": g.golden_atol, "rtol": g.golden_rtol,
-                "threads": ctx.target.benchmark.threads, "reference": ctx.deps["reference"].sha256}
+        cfg = {"golden_count": ctx.release.golden_count, "atol": g.golden_atol, "rtol": g.golden_rtol,
+               "threads": ctx.target.benchmark.threads, "reference": ctx.deps["reference"].sha256}
+        if ctx.host is not None:  # outputs computed by this machine's runtime: its CPU and version are part of them
+            cfg["verified_on"] = ctx.host.identity(ctx.target.runtime)
+        return cfg
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         from targets.agent import open_model, write_golden

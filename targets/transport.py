@@ -29,31 +29,6 @@ AGENT_REMOTE_NAME = "edgepipe_agent.py"
 # start with "-" (it would read as an option) or be "." / "..".
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._/-]+")  # fullmatch: `$` also matches before a final newline
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-# Imported on the device by `probe`; the module is what must import, the distribution gives the version.
-_PROBE_MODULES = {
-    "numpy": "numpy",
-    "onnxruntime": "onnxruntime",
-    "openvino": "openvino",
-    "ai_edge_litert": "ai_edge_litert.interpreter",
-    "tflite_runtime": "tflite_runtime.interpreter",
-    "tensorflow": "tensorflow",
-}
-# Runs on the device's Python (maybe old): plain syntax, one JSON line out.
-_PROBE_SNIPPET = r"""
-import importlib, json, platform, sys
-found = {}
-for name, module in %r:
-    try:
-        mod = importlib.import_module(module)
-        top = sys.modules[module.split(".")[0]]
-        found[name] = {"available": True, "version": str(getattr(top, "__version__", "unknown"))}
-    except Exception as exc:
-        found[name] = {"available": False, "error": (type(exc).__name__ + ": " + str(exc)).splitlines()[0][:200]}
-print(json.dumps({"machine": platform.machine(), "os": platform.platform(), "system": platform.system(),
-                  "python": platform.python_version(), "python_executable": sys.executable, "runtimes": found}))
-""" % (sorted(_PROBE_MODULES.items()),)
-
-
 @dataclass(frozen=True)
 class RunResult:
     """What a command did on the device. Text is decoded as UTF-8 with replacement characters."""
@@ -108,8 +83,11 @@ class Transport(ABC):
         """Release the device and remove what this transport created there; safe to call twice."""
 
     def probe(self, timeout_s: float = 120.0) -> dict:
-        """Machine, OS, Python version and which runtimes import on the device (importing TF can be slow)."""
-        result = self.run([self.python, "-c", _PROBE_SNIPPET], timeout_s=timeout_s)
+        """Machine, OS, Python version, CPU (flags, model, cores) and which runtimes import on the device
+        (importing TF can be slow); targets.device.facts_from_probe turns it into DeviceFacts."""
+        from .device import probe_snippet
+
+        result = self.run([self.python, "-c", probe_snippet()], timeout_s=timeout_s)
         info = _last_json_line(result.stdout)
         if result.returncode != 0 or info is None:
             raise TransportError(
@@ -124,130 +102,13 @@ class Transport(ABC):
         self.close()
 
 
-def _check_argv(argv) -> list:
+def check_argv(argv) -> list:
     # A string argv would be split by nobody and run by a shell by some transports: refuse it outright.
     if isinstance(argv, (str, bytes)) or not argv or not all(isinstance(a, str) for a in argv):
         raise TransportError(f"argv must be a non-empty list of strings, got {argv!r}")
     if any("\x00" in a for a in argv):
         raise TransportError("argv entries must not contain NUL bytes")
     return list(argv)
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already gone
-
-
-class LocalTransport(Transport):
-    """The host as a device: a temp work dir (removed on close unless given) and subprocesses without a shell."""
-
-    kind = "local"
-
-    def __init__(self, workdir: Path | str | None = None, python: str = sys.executable) -> None:
-        if workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="edgepipe-local-")).resolve()
-            self._owns_workdir = True
-        else:
-            self.workdir = Path(workdir).resolve()
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self._owns_workdir = False
-        self.python = python
-        self.agent_remote = None
-        self._closed = False
-
-    def _remote(self, name: str) -> Path:
-        if self._closed:
-            raise TransportError(f"local transport at {self.workdir} is closed")
-        target = (self.workdir / check_remote_name(name)).resolve()
-        # A symlink already inside the work dir could still point elsewhere: check after resolving.
-        if target != self.workdir and self.workdir not in target.parents:
-            raise TransportError(f"remote name {name!r} resolves outside the work dir {self.workdir}")
-        return target
-
-    def push(self, local: Path, remote_name: str) -> str:
-        local = Path(local)
-        target = self._remote(remote_name)
-        if not local.exists():
-            raise TransportError(f"cannot push {local}: no such file or directory")
-        try:
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if local.is_dir():
-                shutil.copytree(local, target, symlinks=False)
-            else:
-                shutil.copy2(local, target)
-        except OSError as exc:
-            raise TransportError(f"cannot push {local} to {target}: {exc}") from exc
-        return str(target)
-
-    def run(self, argv: list, timeout_s: float, env: dict | None = None) -> RunResult:
-        argv = _check_argv(argv)
-        if self._closed:
-            raise TransportError(f"local transport at {self.workdir} is closed")
-        full_env = dict(os.environ, **{str(k): str(v) for k, v in (env or {}).items()})
-        start = time.monotonic()
-        try:
-            # Own session = own process group, so a timeout can kill the command and everything it spawned.
-            proc = subprocess.Popen(argv, cwd=self.workdir, env=full_env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        except OSError as exc:
-            raise TransportError(f"cannot run {argv[0]!r} on local: {exc}") from exc
-        try:
-            out, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            _reap(proc)
-            raise TransportError(f"{Path(argv[0]).name} on local timed out after {timeout_s:g} s") from None
-        except BaseException:  # KeyboardInterrupt too: never leave the group running
-            _kill_group(proc.pid)
-            _reap(proc)
-            raise
-        # Stragglers that detached from our pipes would outlive the run: the group goes with its leader.
-        _kill_group(proc.pid)
-        return RunResult(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
-                         time.monotonic() - start)
-
-    def pull(self, remote_path: str, local: Path) -> None:
-        source = Path(remote_path)
-        if not source.is_absolute():
-            source = self._remote(remote_path)
-        source = source.resolve()
-        if source != self.workdir and self.workdir not in source.parents:
-            raise TransportError(f"cannot pull {remote_path}: outside the work dir {self.workdir}")
-        if not source.exists():
-            raise TransportError(f"cannot pull {remote_path}: no such file or directory on local")
-        local = Path(local)
-        try:
-            local.parent.mkdir(parents=True, exist_ok=True)
-            if source.is_dir():
-                shutil.copytree(source, local, dirs_exist_ok=True)
-            else:
-                shutil.copy2(source, local)
-        except OSError as exc:
-            raise TransportError(f"cannot pull {remote_path} to {local}: {exc}") from exc
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _reap(proc: subprocess.Popen) -> None:
-    try:
-        proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        # Something outside the group still holds our pipes; stop reading and just collect the exit status.
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
-        proc.wait()
 
 
 def _last_json_line(stdout: str) -> dict | None:
@@ -283,17 +144,71 @@ def run_agent(transport: Transport, agent_args: list, timeout_s: float, threads:
     return answer
 
 
-# ssh, adb and qemu transports join this table in a later issue.
-TRANSPORTS = {"local": LocalTransport}
+def kill_group(pgid: int) -> None:
+    """SIGKILL a local process group (a command and everything it started); gone already is fine."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Collect a killed child's exit status without hanging on pipes something else still holds."""
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+        proc.wait()
+
+
+def run_local(argv: list, cwd, env: dict, timeout_s: float, what: str) -> RunResult:
+    """What it does: an argv run on this machine in its own process group -> RunResult; on timeout the whole group
+    is killed and TransportError names `what`. Shared by every transport that drives a local program (the
+    command itself, ssh, adb, qemu)."""
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        raise TransportError(f"cannot run {argv[0]!r} for {what}: {exc}") from exc
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid)
+        reap(proc)
+        raise TransportError(f"{what} timed out after {timeout_s:g} s") from None
+    except BaseException:  # KeyboardInterrupt too: never leave the group running
+        kill_group(proc.pid)
+        reap(proc)
+        raise
+    # Stragglers that detached from our pipes would outlive the run: the group goes with its leader.
+    kill_group(proc.pid)
+    return RunResult(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                     time.monotonic() - start)
 
 
 def make_transport(kind: str, **fields) -> Transport:
-    """Build the transport named `kind` from a target profile's connection fields."""
-    cls = TRANSPORTS.get(kind)
-    if cls is None:
-        raise TransportError(f"unknown transport kind {kind!r}; known kinds: {', '.join(sorted(TRANSPORTS))}")
+    """Build the transport named `kind` from a target profile's connection fields (targets/transports/)."""
+    from .transports import transport_class
+
+    cls = transport_class(kind)
     try:
         inspect.signature(cls).bind(**fields)
     except TypeError as exc:
         raise TransportError(f"bad fields for transport {kind!r}: {exc}") from exc
     return cls(**fields)
+
+
+def __getattr__(name: str):
+    # LocalTransport lives in targets/transports/local.py now; old imports keep working
+    if name == "LocalTransport":
+        from .transports.local import LocalTransport
+
+        return LocalTransport
+    if name == "TRANSPORTS":
+        from .transports import TRANSPORTS
+
+        return TRANSPORTS
+    raise AttributeError(name)

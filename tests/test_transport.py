@@ -199,7 +199,7 @@ def test_run_agent_errors_are_one_line(local, tmp_path):
 def test_make_transport_registry(tmp_path):
     with make_transport("local", workdir=tmp_path / "w") as t:
         assert isinstance(t, LocalTransport) and t.workdir == (tmp_path / "w").resolve()
-    with pytest.raises(TransportError, match=r"unknown transport kind 'ssh'; known kinds: local"):
-        make_transport("ssh", host="board")
+    with pytest.raises(TransportError, match=r"unknown transport kind 'telnet'; known kinds: adb, local, qemu, ssh"):
+        make_transport("telnet", host="board")
     with pytest.raises(TransportError, match="bad fields for transport 'local'"):
         make_transport("local", host="board")

@@ -38,6 +38,8 @@ def quantizer_key(ctx) -> dict:
            "calibration": ctx.target.calibration.model_dump(), "keep_float": keep_float_patterns(ctx)}
     if ctx.release.model.kept_float_weights != "float32":
         key["kept_float_weights"] = ctx.release.model.kept_float_weights
+    if getattr(ctx, "device", None) is not None:  # int8 settings resolve from the device's int8 arithmetic
+        key["device"] = {"arch": ctx.device.arch, "int8": ctx.device.int8_class}
     return component_key(ctx, key)
 
 
