@@ -37,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-hash a bundle against its manifest and run its golden vectors")
     v.add_argument("bundle", type=Path, help="dist/<release>/<target>.tar.gz or its directory")
     v.add_argument("--no-golden", action="store_true", help="check hashes only")
+    d = sub.add_parser("device", help="set up or inspect devices: emulators, the loopback SSH board, probes")
+    dsub = d.add_subparsers(dest="device_command", required=True)
+    ds = dsub.add_parser("setup", help="build or start a device this machine provides (e.g. qemu-arm64, "
+                                       "ssh-loopback); idempotent")
+    ds.add_argument("name", help="what to set up; `edgepipe device setup list` names them")
+    ds.add_argument("--force", action="store_true", help="rebuild even when it exists")
+    dp = dsub.add_parser("probe", help="read a target's device facts through its transport and print them")
+    dp.add_argument("target", help="target profile name or path")
     s = sub.add_parser("schema", help="print the JSON Schema of release configs or target profiles")
     s.add_argument("which", choices=["release", "target"])
     return p
@@ -155,6 +163,26 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_device(args) -> int:
+    import json
+
+    if args.device_command == "setup":
+        from targets.setup import SETUPS, run_setup
+
+        if args.name == "list":
+            for name, (_, what) in sorted(SETUPS.items()):
+                print(f"{name:<16} {what}")
+            return 0
+        print(json.dumps(run_setup(args.name, force=args.force), indent=2, sort_keys=True))
+        return 0
+    from .config import load_profile
+    from .devices import device_facts
+
+    profile = load_profile(args.target, Path.cwd())
+    print(json.dumps(device_facts(profile, Path.cwd()).to_json(), indent=2, sort_keys=True))
+    return 0
+
+
 def cmd_schema(args) -> int:
     import json
 
@@ -166,7 +194,8 @@ def cmd_schema(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"build": cmd_build, "plan": cmd_plan, "verify": cmd_verify, "schema": cmd_schema}[args.command]
+    handler = {"build": cmd_build, "plan": cmd_plan, "verify": cmd_verify, "schema": cmd_schema,
+               "device": cmd_device}[args.command]
     try:
         return handler(args)
     except EdgepipeError as err:
