@@ -273,6 +273,7 @@ class BundlePlan:
 def plan_bundle(ctx: dict) -> BundlePlan:
     """What it does: one target's results -> its BundlePlan (model files, golden vectors, assets, README, manifest)."""
     from .iospec import IOSpec, TokenizerPreprocessing
+    from .latency_report import latency_md, latency_png, profile_parts
     from .report import bundle_readme
 
     plan = BundlePlan()
@@ -295,6 +296,13 @@ def plan_bundle(ctx: dict) -> BundlePlan:
         plan.add_artifact(torch_model, "assets", subdir="assets")
     if ctx["iospec"].labels:
         plan.add_blob("assets/labels.txt", ("\n".join(ctx["iospec"].labels) + "\n").encode("utf-8"))
+    parts = profile_parts(result)
+    if parts:  # the on-device latency report beside the bundle
+        png = latency_png(ctx["name"], parts)
+        if png is not None:
+            plan.add_blob("latency.png", png)
+        plan.add_blob("latency.md", latency_md(ctx["name"], _device(result), parts,
+                                               "latency.png" if png is not None else None).encode("utf-8"))
     plan.add_blob("README.md", bundle_readme(manifest_for(ctx, {})).encode("utf-8"))
     plan.files = dict(sorted(plan.files.items()))
     plan.manifest = manifest_for(ctx, plan.files)

@@ -15,6 +15,7 @@ from . import __version__
 from .bundle import (MODEL_SUFFIXES, config_hash, git_commit, plan_bundle, publish, remove_bundle, write_json,
                      write_tar)
 from .config import REPO_ROOT
+from .latency_report import profile_parts
 from .report import report_html
 from .runner import BuildState
 
@@ -131,6 +132,11 @@ def publish_release(state: BuildState, dist: Path, build: dict | None = None) ->
                  "model_size_bytes": sum(model_size_bytes(a) for a in result.models().values()) or None}
         if result.sensitivity is not None:
             entry["sensitivity"] = result.sensitivity
+        if result.device is not None:
+            entry["device"] = result.device.to_json()
+        parts = profile_parts(result)
+        if parts:  # per-run samples stay in the bundles' latency.png / manifests
+            entry["latency_parts"] = {n: {k: v for k, v in r.items() if k != "samples_ms"} for n, r in parts.items()}
         if result.status == "passed":
             ctx = {"release": release, "profile": profile, "result": result, "iospec": state.iospec,
                    "dataset_dir": state.plan.dataset_dir, "git_commit": commit,

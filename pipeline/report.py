@@ -137,12 +137,42 @@ def print_stage_times(console, rows: list[dict], wall_s: float, jobs: int) -> No
     console.print(table)
 
 
+def _latency_html(entries: list[dict]) -> str:
+    """What it does: index entries -> the report's on-device latency section: every target and part side by side,
+    with the device it ran on; emulated devices show instructions per inference, never a latency."""
+    from .latency_report import release_latency_table
+
+    rows = release_latency_table(entries)
+    if not rows:
+        return ""
+
+    def cell(v, fmt="{:.3f}"):
+        return "-" if v is None else fmt.format(v)
+
+    body = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(r['target'])}</td><td style='text-align:left'>"
+        f"{html.escape(r['part'])}</td><td style='text-align:left'>{html.escape(r['device'])}</td>"
+        f"<td style='text-align:left'>{html.escape(r['runtime'])}</td>"
+        + ("<td colspan='4'>emulated: not a latency</td>" if r["emulated"] else
+           f"<td>{cell(r['p50'])}</td><td>{cell(r['p90'])}</td><td>{cell(r['p99'])}</td><td>{cell(r['load_ms'])}</td>")
+        + f"<td>{cell(r['peak_rss_bytes'] / 1048576 if r['peak_rss_bytes'] else None, '{:.1f}')}</td>"
+        f"<td>{cell(r['instructions'], '{:,}')}</td></tr>" for r in rows)
+    return ("<h2>On-device latency</h2><p>Each bundle's latency.md has the histogram, CDF and slowest ops. "
+            "Emulated devices report instructions retired per inference (repeatable), not time.</p>"
+            "<table><tr><th>target</th><th>part</th><th>device</th><th>runtime</th><th>p50 ms</th><th>p90 ms</th>"
+            f"<th>p99 ms</th><th>load ms</th><th>peak RSS MiB</th><th>instructions</th></tr>{body}</table>\n")
+
+
+def _slowest(row: dict) -> str:
+    return f"{html.escape(row['slowest'])} ({row['slowest_s']:.1f} s)" if row["runs"] else "-"
+
+
 def _stage_times_html(build: dict | None) -> str:
     if not build or not build.get("stage_times"):
         return ""
     rows = "".join(f"<tr><td style='text-align:left'>{html.escape(r['stage'])}</td><td>{r['runs']}</td>"
                    f"<td>{r['cached']}</td><td>{r['seconds']:.1f}</td>"
-                   f"<td style='text-align:left'>{html.escape(r['slowest'])} ({r['slowest_s']:.1f} s)</td></tr>"
+                   f"<td style='text-align:left'>{_slowest(r)}</td></tr>"
                    for r in build["stage_times"])
     return (f"<h2>Build time</h2><p>{build['wall_s']:.1f} s wall with {build['jobs']} job(s); seconds are each "
             "stage's own run time summed over its runs (parallel runs overlap).</p><table><tr><th>stage</th>"
@@ -267,7 +297,7 @@ tr.bad td:last-child{{color:#c00}}</style></head><body>
 <code>{html.escape(index['git_commit'])}</code>.</p>
 <table><tr>{head}</tr>{''.join(body)}</table>
 <h2>Failures</h2><ul>{reasons or '<li>none</li>'}</ul>
-{sens_html}{_study_html(index.get("compression_study"))}{_stage_times_html(index.get("build"))}<h2>Latency p50 per target (1 run of the agent, warm-up excluded)</h2>{_latency_svg(index['targets'])}
+{sens_html}{_study_html(index.get("compression_study"))}{_latency_html(index["targets"])}{_stage_times_html(index.get("build"))}<h2>Latency p50 per target (1 run of the agent, warm-up excluded)</h2>{_latency_svg(index['targets'])}
 </body></html>
 """
 

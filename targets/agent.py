@@ -595,8 +595,9 @@ def latency_stats(durations_ns: list) -> dict:
     return {k: round(float(v), 6) for k, v in stats.items()}
 
 
-def time_runs(session: Session, feeds: dict, warmup: int, iterations: int) -> dict:
-    """Wall time of `session.run` (includes feed checks and TFLite (de)quantization, as a caller would pay)."""
+def time_runs(session: Session, feeds: dict, warmup: int, iterations: int, samples: list | None = None) -> dict:
+    """Wall time of `session.run` (includes feed checks and TFLite (de)quantization, as a caller would pay);
+    `samples` (a list) receives each run's milliseconds, in run order."""
     for _ in range(warmup):
         session.run(feeds)
     durations = []
@@ -604,6 +605,8 @@ def time_runs(session: Session, feeds: dict, warmup: int, iterations: int) -> di
         start = time.perf_counter_ns()
         session.run(feeds)
         durations.append(time.perf_counter_ns() - start)
+    if samples is not None:
+        samples.extend(round(d / 1e6, 6) for d in durations)
     return latency_stats(durations)
 
 
@@ -678,12 +681,13 @@ def _measure(args: argparse.Namespace) -> tuple:
     if args.timing_sample >= golden.count:
         raise AgentError(f"--timing-sample {args.timing_sample} is out of range: golden has {golden.count} samples")
     report = check_golden(session, golden)
-    latency = time_runs(session, golden.samples[args.timing_sample], args.warmup, args.iterations)
+    samples_ms: list = []
+    latency = time_runs(session, golden.samples[args.timing_sample], args.warmup, args.iterations, samples_ms)
     rss_bytes, rss_source = peak_rss()
     result = {
         "ok": True, "format": args.format, "runtime": session.runtime_name, "runtime_version": session.runtime_version,
         "runtime_config": session.runtime_config, "threads": args.threads, "load_ms": round(load_ms, 6),
-        "warmup": args.warmup, "iterations": args.iterations, "latency_ms": latency,
+        "warmup": args.warmup, "iterations": args.iterations, "latency_ms": latency, "samples_ms": samples_ms,
         "peak_rss_bytes": rss_bytes, "peak_rss_source": rss_source, "cpu_model": cpu_model(),
         "machine": platform.machine(), "python": platform.python_version(),
         "inputs": [d.as_dict() for d in session.input_details],
