@@ -10,6 +10,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+# A stage's tool logs (toolchain children, pipeline/export/child.py): kept in its cache entry beside the artifact,
+# not part of it (they hold timings and paths, so they differ from run to run).
+LOG_DIR = "logs"
 KINDS = ("torch", "onnx", "openvino", "savedmodel", "tflite", "reference", "verification", "profile", "sensitivity")
 
 
@@ -95,9 +98,10 @@ def check_artifact_json(data) -> None:
 
 
 def collect_files(root: Path) -> dict[str, str]:
-    """sha256 of every regular file under root (relative POSIX names), excluding artifact.json."""
+    """sha256 of every regular file under root (relative POSIX names), excluding artifact.json and LOG_DIR/."""
     out = {}
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name != "artifact.json":
-            out[path.relative_to(root).as_posix()] = sha256_file(path)
+        name = path.relative_to(root).as_posix()
+        if path.is_file() and path.name != "artifact.json" and not name.startswith(f"{LOG_DIR}/"):
+            out[name] = sha256_file(path)
     return out

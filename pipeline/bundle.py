@@ -228,6 +228,14 @@ def _copy_tree(src: Path, dst: Path, skip=("artifact.json",)) -> None:
             shutil.copyfile(path, out)
 
 
+def _copy_artifact(art, dst: Path) -> None:
+    """What it does: an artifact -> its files (what its sha256 covers; not the tool logs beside it) under dst."""
+    for name in sorted(art.files):
+        out = dst / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(art.path(name), out)
+
+
 def stage_bundle(staging: Path, ctx: dict) -> dict:
     """Fill `staging` with the bundle of one target; returns its manifest."""
     from .iospec import IOSpec, TokenizerPreprocessing
@@ -236,9 +244,9 @@ def stage_bundle(staging: Path, ctx: dict) -> dict:
     result = ctx["result"]
     if getattr(result, "components", None):  # one subdirectory per component, each holding that component's model files
         for name, c in result.components.items():
-            _copy_tree(c["model"].root, staging / name)
+            _copy_artifact(c["model"], staging / name)
     else:
-        _copy_tree(result.model.root, staging)
+        _copy_artifact(result.model, staging)
     _copy_tree(result.verification.path("golden"), staging / "golden")
     assets = staging / "assets"
     specs = list(ctx["iospec"].inputs)

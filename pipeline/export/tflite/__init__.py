@@ -14,8 +14,8 @@ from .flatbuffer import float_ops, inspect_tflite, model_facts
 from .keep_float import keep_float_scope
 from .quantize import QuantizeTflite
 from .rewrite import drop_float_round_trips, weight_only_int8_tflite
-from .savedmodel import PSEUDO_OPS, ExportSavedModel, input_layouts, last_error_line
+from .savedmodel import PSEUDO_OPS, ExportSavedModel, input_layouts
 
 __all__ = ["PSEUDO_OPS", "ConvertTflite", "ExportSavedModel", "QuantizeTflite", "converter_message",
            "drop_float_round_trips", "float_ops", "input_layouts", "inspect_tflite", "keep_float_scope",
-           "last_error_line", "model_facts", "weight_only_int8_tflite"]
+           "model_facts", "weight_only_int8_tflite"]

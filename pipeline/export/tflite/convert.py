@@ -1,60 +1,32 @@
-"""SavedModel -> TFLite fp32/fp16 (convert_tflite), plus what every TFLite stage shares: the quiet converter call
-with one-line failures, and writing, inspecting and smoke-running the converted file.
+"""SavedModel -> TFLite fp32/fp16 (convert_tflite), plus what every TFLite stage shares: the converter call with
+one-line failures, and writing, inspecting and smoke-running the converted file.
 
-tensorflow and the LiteRT interpreter are imported inside the stages only.
+The converters and the smoke run work in a toolchain child process (pipeline/export/child.py): TensorFlow reads
+its log level from the environment at import, and its calibrator and LiteRT's delegate print from C++ straight to
+fd 1/2; in the child, that output goes to the stage's log file. tensorflow and the LiteRT interpreter are imported
+there only.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 from ...artifact import Artifact
 from ...errors import StageError
 from ...stages import Stage, StageContext
+from ..child import run_stage_child, stage_job
 from .flatbuffer import _refuse_flex, inspect_tflite, model_facts
+
+# The TFLite children's environment only: TensorFlow's C++ log level (INFO lines out, warnings into the log file).
+TFLITE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "1"}
 
 
 def _import_tf():
-    # TF reads this once, at import; its absl lines from before logging starts (oneDNN notice, CUDA probing) ignore
-    # it and go straight to fd 2, so the import runs with native output silenced.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _native_output_silenced():
-        import tensorflow as tf
+    """The child's TensorFlow import (its C++ log level comes from the child's environment, TFLITE_ENV)."""
+    import tensorflow as tf
 
-    tf.get_logger().setLevel("ERROR")
     return tf
-
-
-@contextlib.contextmanager
-def _native_output_silenced():
-    """Drop what native code prints straight to fd 1/2 (the calibrator's settings line, LiteRT's delegate notice).
-
-    Python's own sys.stdout/sys.stderr are pointed at copies of the original descriptors meanwhile, so progress
-    bars and our messages still reach the terminal; failures arrive as Python exceptions and are reported.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    streams = (sys.stdout, sys.stderr)
-    with tempfile.TemporaryFile() as sink:
-        try:
-            sys.stdout = open(saved[1], "w", closefd=False, buffering=1, encoding="utf-8", errors="replace")
-            sys.stderr = open(saved[2], "w", closefd=False, buffering=1, encoding="utf-8", errors="replace")
-            for fd in (1, 2):
-                os.dup2(sink.fileno(), fd)
-            yield
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
-            sys.stdout, sys.stderr = streams
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
 
 
 def converter_message(err: BaseException) -> str:
@@ -73,13 +45,12 @@ def converter_message(err: BaseException) -> str:
 
 
 def _convert(build, what: str) -> bytes:
-    """Run `build()` (a converter call) quietly; any failure -> StageError naming `what` and the reason."""
+    """Run `build()` (a converter call); any failure -> StageError naming `what` and the reason."""
     with warnings.catch_warnings():
         # The calibrator still goes through tf.lite.Interpreter, which warns that it is deprecated.
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
         try:
-            with _native_output_silenced():
-                return build()
+            return build()
         except StageError:
             raise
         except Exception as err:
@@ -94,9 +65,8 @@ def _smoke_run(path: Path, artifact: Artifact, ctx: StageContext):
     from ...verify import adapt_sample
 
     try:
-        with _native_output_silenced():  # LiteRT announces its XNNPACK delegate on stderr
-            session = open_model(str(path), "tflite", 1)
-            session.run(adapt_sample(ctx.example_inputs(), artifact))
+        session = open_model(str(path), "tflite", 1)
+        session.run(adapt_sample(ctx.example_inputs(), artifact))
     except Exception as err:
         lines = str(err).splitlines() or [type(err).__name__]
         raise StageError(f"the converted model does not run in the LiteRT interpreter: {lines[0][:300]}") from err
@@ -128,22 +98,30 @@ class ConvertTflite(Stage):
         return {"precision": ctx.target.precision}
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
-        tf = _import_tf()
         precision = ctx.target.precision
         if precision not in ("fp32", "fp16"):
             raise StageError(f"convert_tflite makes fp32 or fp16 models, not {precision} (int8 is quantize_tflite)")
-
-        def build() -> bytes:
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(artifact.main_file))
-            if precision == "fp16":  # fp16 weights, dequantized to fp32 at load; activations stay fp32
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.target_spec.supported_types = [tf.float16]
-            return converter.convert()
-
-        buf = _convert(build, f"TFLiteConverter ({precision})")
-        _, facts, _ = _write_tflite(buf, ctx, artifact)
-        facts.pop("graph")
-        meta = dict(facts, input_layouts=artifact.meta.get("input_layouts") or {},
-                    signature=artifact.meta.get("signature"))
+        meta = run_stage_child("pipeline.export.tflite.convert:convert_in_child", artifact, ctx,
+                               what=f"TFLiteConverter ({precision})", log_name="tflite", env=TFLITE_ENV)
         return ctx.artifact("tflite", component=artifact.component, precision=precision, meta=meta,
                             main_file="model.tflite")
+
+
+def convert_in_child(job, progress) -> dict:
+    """Child side of convert_tflite: (SavedModel artifact, ctx) -> model.tflite in ctx.workdir; returns its meta."""
+    artifact, ctx = stage_job(job, progress)
+    tf = _import_tf()
+    precision = ctx.target.precision
+
+    def build() -> bytes:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(artifact.main_file))
+        if precision == "fp16":  # fp16 weights, dequantized to fp32 at load; activations stay fp32
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
+
+    buf = _convert(build, f"TFLiteConverter ({precision})")
+    _, facts, _ = _write_tflite(buf, ctx, artifact)
+    facts.pop("graph")
+    return dict(facts, input_layouts=artifact.meta.get("input_layouts") or {},
+                signature=artifact.meta.get("signature"))

@@ -1,7 +1,8 @@
 """SavedModel -> full-integer int8 TFLite (quantize_tflite): calibrated static int8 with keep_float exceptions,
 or dynamic-range int8; then the flatbuffer rewrites (rewrite.py) and the full-integer check.
 
-tensorflow, onnx and the LiteRT interpreter are imported inside the stages only.
+The quantizer runs in a toolchain child process (convert.py says why); tensorflow, onnx and the LiteRT
+interpreter are imported there only.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from ...artifact import Artifact
 from ...errors import StageError
 from ...stages import Stage, StageContext
 from .. import keep_float_in_component, keep_float_patterns, quantizer_key, record_applied
-from .convert import _convert, _import_tf, _write_tflite
+from ..child import run_stage_child, stage_job
+from .convert import TFLITE_ENV, _convert, _import_tf, _write_tflite
 from .flatbuffer import float_ops
 from .keep_float import keep_float_scope
 from .rewrite import drop_float_round_trips, weight_only_int8_tflite
@@ -113,47 +115,54 @@ class QuantizeTflite(Stage):
         return quantizer_key(ctx)
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
-        tf = _import_tf()
-        patterns = keep_float_patterns(ctx)
-        if ctx.component != "model":  # the SavedModel artifact keeps the ONNX it came from: its node names
-            import onnx
-
-            graph_nodes = onnx.load(str(artifact.path("model.onnx"))).graph.node
-            patterns = keep_float_in_component(ctx, patterns, [n.name for n in graph_nodes],
-                                               [n.op_type for n in graph_nodes])
-        if ctx.target.quantization.activations == "dynamic":
-            return _quantize_dynamic(tf, artifact, ctx, patterns)
-        _check_settings(ctx, patterns)
-        calib = ctx.calibration
-        nodes, keep_tensors = keep_float_scope(tf, artifact, patterns, calib) if patterns else ([], set())
-        with ctx.progress.task(f"calibrate minmax x{len(calib)}", len(calib)) as task:
-            buf = _quantize(tf, artifact, _representative(calib, artifact, task), ctx, keep_tensors)
-        round_trips = 0
-        if keep_tensors:
-            buf, round_trips = drop_float_round_trips(buf)
-        weight_only = []
-        if ctx.release.model.kept_float_weights == "int8":
-            buf, weight_only = weight_only_int8_tflite(buf)
-        _, facts, session = _write_tflite(buf, ctx, artifact)
-        graph = facts.pop("graph")
-        floating = float_ops(graph)
-        undeclared = [f for f in floating if f["tensor"] not in keep_tensors]
-        if undeclared:
-            first = undeclared[0]
-            raise StageError(f"op {first['op']} ('{first['tensor']}') runs in float in the int8 model "
-                             f"({len(undeclared)} such ops); list its ONNX node in quantization.keep_float to allow it")
-        io_quant, layouts = _io_quantization(session, artifact, ctx.iospec)
-        meta = dict(facts, input_layouts=layouts, io_quantization=io_quant, signature=artifact.meta.get("signature"),
-                    kept_float_nodes=nodes, kept_float_ops=floating, io_dtype=ctx.target.quantization.io_dtype,
-                    per_channel=ctx.target.quantization.per_channel, weight_only_int8_tensors=weight_only,
-                    float_round_trips_removed=round_trips,
-                    calibration={"method": "minmax", "samples": len(calib)})
-        record_applied(ctx, meta, patterns)
+        meta = run_stage_child("pipeline.export.tflite.quantize:quantize_in_child", artifact, ctx,
+                               what="TFLiteConverter (int8)", log_name="tflite", env=TFLITE_ENV)
         return ctx.artifact("tflite", component=artifact.component, precision="int8", meta=meta,
                             main_file="model.tflite")
 
 
-def _quantize_dynamic(tf, artifact: Artifact, ctx: StageContext, patterns: list[str]) -> Artifact:
+def quantize_in_child(job, progress) -> dict:
+    """Child side of quantize_tflite: (SavedModel artifact, ctx) -> int8 model.tflite in ctx.workdir; its meta."""
+    artifact, ctx = stage_job(job, progress)
+    tf = _import_tf()
+    patterns = keep_float_patterns(ctx)
+    if ctx.component != "model":  # the SavedModel artifact keeps the ONNX it came from: its node names
+        import onnx
+
+        graph_nodes = onnx.load(str(artifact.path("model.onnx"))).graph.node
+        patterns = keep_float_in_component(ctx, patterns, [n.name for n in graph_nodes],
+                                           [n.op_type for n in graph_nodes])
+    if ctx.target.quantization.activations == "dynamic":
+        return _quantize_dynamic(tf, artifact, ctx, patterns)
+    _check_settings(ctx, patterns)
+    calib = ctx.calibration
+    nodes, keep_tensors = keep_float_scope(tf, artifact, patterns, calib) if patterns else ([], set())
+    with ctx.progress.task(f"calibrate minmax x{len(calib)}", len(calib)) as task:
+        buf = _quantize(tf, artifact, _representative(calib, artifact, task), ctx, keep_tensors)
+    round_trips = 0
+    if keep_tensors:
+        buf, round_trips = drop_float_round_trips(buf)
+    weight_only = []
+    if ctx.release.model.kept_float_weights == "int8":
+        buf, weight_only = weight_only_int8_tflite(buf)
+    _, facts, session = _write_tflite(buf, ctx, artifact)
+    graph = facts.pop("graph")
+    floating = float_ops(graph)
+    undeclared = [f for f in floating if f["tensor"] not in keep_tensors]
+    if undeclared:
+        first = undeclared[0]
+        raise StageError(f"op {first['op']} ('{first['tensor']}') runs in float in the int8 model "
+                         f"({len(undeclared)} such ops); list its ONNX node in quantization.keep_float to allow it")
+    io_quant, layouts = _io_quantization(session, artifact, ctx.iospec)
+    meta = dict(facts, input_layouts=layouts, io_quantization=io_quant, signature=artifact.meta.get("signature"),
+                kept_float_nodes=nodes, kept_float_ops=floating, io_dtype=ctx.target.quantization.io_dtype,
+                per_channel=ctx.target.quantization.per_channel, weight_only_int8_tensors=weight_only,
+                float_round_trips_removed=round_trips,
+                calibration={"method": "minmax", "samples": len(calib)})
+    return record_applied(ctx, meta, patterns)
+
+
+def _quantize_dynamic(tf, artifact: Artifact, ctx: StageContext, patterns: list[str]) -> dict:
     """activations: dynamic -> TFLiteConverter's dynamic-range mode: weights int8 (per output channel), float
     activations quantized per input at run time by LiteRT's hybrid FULLY_CONNECTED/CONV kernels; no calibration."""
     q = ctx.target.quantization
@@ -183,5 +192,4 @@ def _quantize_dynamic(tf, artifact: Artifact, ctx: StageContext, patterns: list[
                 kept_float_nodes=[], kept_float_ops=[], io_dtype=q.io_dtype, per_channel=q.per_channel,
                 activations="dynamic", int8_weight_tensors=len(int8_weights),
                 calibration={"method": "none (activations quantized at run time)", "samples": 0})
-    record_applied(ctx, meta, patterns)
-    return ctx.artifact("tflite", component=artifact.component, precision="int8", meta=meta, main_file="model.tflite")
+    return record_applied(ctx, meta, patterns)

@@ -1,32 +1,34 @@
 """ONNX fp32 artifact -> SavedModel (export_savedmodel): onnx2tf in a child process (onnx2tf_child.py), the input
 layouts it chose and the ONNX names it kept.
 
-onnx2tf runs in a child process (`python -m pipeline.export.tflite.onnx2tf_child JOB`) with its own working
-directory: it writes scratch files into its cwd, fetches sample photos from the internet for image-only models,
-prints a banner and calls sys.exit on errors; none of that may reach the build. Image inputs come out NHWC (a
-camera's own layout, and measured faster than keeping NCHW, which costs a TRANSPOSE op in the graph); the change is
-declared in meta["input_layouts"] so that verify, the golden vectors and the manifest feed and describe that layout.
+onnx2tf runs in a toolchain child (pipeline/export/child.py) with a scratch working directory of its own: it writes
+scratch files into its cwd, prints a banner and calls sys.exit on errors; none of that may reach the build. For
+models whose inputs are all 3-channel images it loads sample photos from its cwd, downloading them when absent:
+the scratch directory holds that file, made of our own eval sample, so it never goes to the network. Image inputs
+come out NHWC (a camera's own layout, and measured faster than keeping NCHW, which costs a TRANSPOSE op in the
+graph); the change is declared in meta["input_layouts"] so that verify, the golden vectors and the manifest feed
+and describe that layout.
 """
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from ...artifact import Artifact
+from ...artifact import LOG_DIR, Artifact
 from ...errors import StageError
 from ...stages import Stage, StageContext
+from ..child import run_child
 
 # ONNX ops onnx2tf rebuilds from TFLite builtins: plain onnx2tf emits FlexErf, which LiteRT refuses to run.
 PSEUDO_OPS = ("Erf",)
 ONNX2TF_TIMEOUT_S = 3600
-_PACKAGE_PARENT = Path(__file__).resolve().parents[3]
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_CHILD = "pipeline.export.tflite.onnx2tf_child"
+# onnx2tf's own sample-photo file: used from the cwd when present (onnx2tf.utils.common_functions.
+# download_test_image_data), fetched from GitHub otherwise.
+ONNX2TF_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+# The child's environment only: TensorFlow's C++ log level (read once, at import), and an unreachable proxy for
+# requests (onnx2tf's downloader), so that a download attempt fails at once instead of reaching the network.
+ONNX2TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "1", "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
 
 
 class ExportSavedModel(Stage):
@@ -51,7 +53,9 @@ class ExportSavedModel(Stage):
             onnx_copy = scratch / artifact.main_file.name
             shutil.copyfile(artifact.main_file, onnx_copy)
             job = _write_job(scratch, onnx_copy, ctx)
-            _run_onnx2tf(job, scratch, artifact.main_file.name)
+            run_child("pipeline.export.tflite.onnx2tf_child:convert", job, what=f"onnx2tf on {onnx_copy.name}",
+                      log_path=ctx.workdir / LOG_DIR / "onnx2tf.log", progress=ctx.progress, env=ONNX2TF_ENV,
+                      cwd=scratch, timeout_s=ONNX2TF_TIMEOUT_S, log_name="onnx2tf")
             signature = json.loads((scratch / "signature.json").read_text(encoding="utf-8"))
             shutil.move(str(scratch / "saved_model"), str(ctx.workdir / "saved_model"))
             # fingerprint.pb carries a random id per save; nothing downstream reads it, and without it the
@@ -82,17 +86,17 @@ def _channel_last(rank: int) -> list[int]:
     return [0, *range(2, rank), 1]
 
 
-def _write_job(scratch: Path, onnx_path: Path, ctx: StageContext) -> Path:
+def _write_job(scratch: Path, onnx_path: Path, ctx: StageContext) -> dict:
     """The child's instructions, plus one real eval sample per input in the layout onnx2tf gives that input.
 
     onnx2tf checks its own conversion against onnxruntime on these samples (its default is all-ones inputs,
-    meaningless for token ids or audio).
+    meaningless for token ids or audio); the first image sample is also its sample-photo file.
     """
     import numpy as np
 
     sample = ctx.example_inputs()
     keep = _keep_layout_inputs(ctx.iospec)
-    samples = []
+    samples, photos = [], None
     for index, spec in enumerate(ctx.iospec.inputs):
         value = sample[spec.name]
         if 3 <= value.ndim <= 5 and spec.name not in keep:
@@ -100,32 +104,12 @@ def _write_job(scratch: Path, onnx_path: Path, ctx: StageContext) -> Path:
         path = scratch / f"sample{index}.npy"
         np.save(path, np.ascontiguousarray(value))
         samples.append([spec.name, str(path)])
-    job = {"onnx": str(onnx_path), "out": str(scratch / "saved_model"), "signature": str(scratch / "signature.json"),
-           "samples": samples, "keep_layout": keep, "pseudo_ops": list(PSEUDO_OPS)}
-    path = scratch / "job.json"
-    path.write_text(json.dumps(job), encoding="utf-8")
-    return path
-
-
-def _run_onnx2tf(job: Path, scratch: Path, onnx_name: str) -> None:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_PARENT), env.get("PYTHONPATH", "")) if p)
-    try:
-        proc = subprocess.run([sys.executable, "-m", _CHILD, str(job)], cwd=scratch, env=env,
-                              capture_output=True, text=True, timeout=ONNX2TF_TIMEOUT_S)
-    except subprocess.TimeoutExpired as err:
-        raise StageError(f"onnx2tf did not finish {onnx_name} within {ONNX2TF_TIMEOUT_S} s") from err
-    if proc.returncode != 0 or not (scratch / "signature.json").is_file():
-        raise StageError(f"onnx2tf failed on {onnx_name}: {last_error_line(proc.stdout + proc.stderr)}")
-
-
-def last_error_line(text: str) -> str:
-    """The most telling line of a tool's output: the last one naming an error, else the last one."""
-    lines = [_ANSI.sub("", ln).strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln]
-    errors = [ln for ln in lines if re.search(r"error|exception", ln, re.IGNORECASE)]
-    line = (errors or lines or ["no output"])[-1]
-    return line if len(line) <= 300 else line[:297] + "..."
+        if photos is None and value.ndim == 4:
+            photos = np.ascontiguousarray(value).astype(np.float32)
+    if photos is not None:
+        np.save(scratch / ONNX2TF_SAMPLE_FILE, photos)
+    return {"onnx": str(onnx_path), "out": str(scratch / "saved_model"), "signature": str(scratch / "signature.json"),
+            "samples": samples, "keep_layout": keep, "pseudo_ops": list(PSEUDO_OPS)}
 
 
 def input_layouts(signature: dict, iospec) -> dict:
