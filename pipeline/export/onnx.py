@@ -40,7 +40,7 @@ class ExportOnnx(Stage):
     def _module_and_example(artifact: Artifact, ctx: StageContext):
         """What it does: torch artifact + ctx.component -> (module to export, example inputs): the whole model or
         the component's torch view, on ctx.example_inputs()."""
-        from ..load import import_factory, load_torch, torch_inputs
+        from ..torchmodel import import_factory, load_torch, torch_inputs
 
         factory = import_factory(ctx.release.model.factory)
         module = load_torch(artifact, factory, ctx.release.model.params)
