@@ -10,10 +10,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .formats import FORMATS, MODEL_KINDS
+
 # A stage's tool logs (toolchain children, pipeline/export/child.py): kept in its cache entry beside the artifact,
 # not part of it (they hold timings and paths, so they differ from run to run).
 LOG_DIR = "logs"
-KINDS = ("torch", "onnx", "openvino", "savedmodel", "tflite", "reference", "verification", "profile", "sensitivity")
+KINDS = ("torch", *MODEL_KINDS, *(k for f in FORMATS.values() for k in f.intermediate_kinds), "reference",
+         "verification", "profile", "sensitivity")
 
 
 def sha256_file(path: Path) -> str:

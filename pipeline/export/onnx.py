@@ -86,6 +86,14 @@ class ExportOnnx(Stage):
                             main_file="model.onnx")
 
 
+def default_op_types(target) -> set[str]:
+    """What it does: a target -> the ONNX op types quantize_static touches when op_types is not set (its default
+    op_types_to_quantize: every op of onnxruntime's QDQ and QLinear registries)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return set(QDQRegistry) | set(QLinearOpsRegistry)
+
+
 def _keep_float_nodes(model, patterns: list[str]) -> list[str]:
     """Node names that match a keep_float entry by name prefix or op type; unmatched entries are errors."""
     names = []
