@@ -34,6 +34,7 @@ def configure(verbosity: int = 0, handler: logging.Handler | None = None) -> log
 
         handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False,
                               rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))  # which tool said it
     handler._edgepipe = True
     for name in (LOGGER, *TOOLCHAIN_LOGGERS):
         logger = logging.getLogger(name)
