@@ -10,7 +10,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-KINDS = ("torch", "onnx", "openvino", "savedmodel", "tflite", "reference", "verification", "profile", "sensitivity")
+from .formats import FORMATS, MODEL_KINDS
+
+# A stage's tool logs (toolchain children, pipeline/export/child.py): kept in its cache entry beside the artifact,
+# not part of it (they hold timings and paths, so they differ from run to run).
+LOG_DIR = "logs"
+KINDS = ("torch", *MODEL_KINDS, *(k for f in FORMATS.values() for k in f.intermediate_kinds), "reference",
+         "verification", "profile", "sensitivity")
 
 
 def sha256_file(path: Path) -> str:
@@ -99,12 +105,13 @@ STAT_FILE = ".edgepipe-stat.json"
 
 
 def list_files(root: Path) -> dict[str, Path]:
-    """Every regular file under root (relative POSIX name -> path), without artifact.json and the cache's stat file."""
+    """Every regular file under root (relative POSIX name -> path), without artifact.json, the cache's stat file
+    and the stage's LOG_DIR/ (tool logs are kept beside an artifact, not part of it)."""
     out = {}
     for path in sorted(root.rglob("*")):
         if path.is_file() and path.name != "artifact.json":
             rel = path.relative_to(root).as_posix()
-            if rel != STAT_FILE:
+            if rel != STAT_FILE and not rel.startswith(f"{LOG_DIR}/"):
                 out[rel] = path
     return out
 

@@ -21,9 +21,9 @@ from pathlib import Path, PurePosixPath
 
 from .artifact import sha256_file, sha256_json
 from .errors import BundleError
+from .formats import MODEL_SUFFIXES
 
 SCHEMA_VERSION = 1
-MODEL_SUFFIXES = (".onnx", ".tflite", ".xml", ".bin")
 FIXED_MTIME = 0
 
 

@@ -18,11 +18,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgepipe", description="Compress, export, calibrate, verify, profile and "
                                 "bundle a multimodal PyTorch model for edge targets.")
     p.add_argument("--version", action="version", version=f"edgepipe {__version__}")
+    _verbosity(p, 0)
     sub = p.add_subparsers(dest="command", required=True)
+    subs = []
     for name, helptext in (("build", "run the whole pipeline and publish bundles"),
                            ("plan", "validate the config and print the plan; runs nothing and imports no model "
                                     "code (it only finds the factory's module; build imports and runs it)")):
         c = sub.add_parser(name, help=helptext)
+        subs.append(c)
         c.add_argument("config", nargs="?", type=Path, help="release YAML (default: the built-in release)")
         c.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("EDGEPIPE_CACHE", ".edgepipe/cache")),
                        help="stage cache (default .edgepipe/cache or $EDGEPIPE_CACHE)")
@@ -35,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="stages run at once, each in a worker process (default: $EDGEPIPE_JOBS, else one "
                                 "per core); 0 runs them in this process, one at a time")
     v = sub.add_parser("verify", help="re-hash a bundle against its manifest and run its golden vectors")
+    subs.append(v)
     v.add_argument("bundle", type=Path, help="dist/<release>/<target>.tar.gz or its directory")
     v.add_argument("--no-golden", action="store_true", help="check hashes only")
     d = sub.add_parser("device", help="set up or inspect devices: emulators, the loopback SSH board, probes")
@@ -45,9 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--force", action="store_true", help="rebuild even when it exists")
     dp = dsub.add_parser("probe", help="read a target's device facts through its transport and print them")
     dp.add_argument("target", help="target profile name or path")
+    subs += [ds, dp]
     s = sub.add_parser("schema", help="print the JSON Schema of release configs or target profiles")
     s.add_argument("which", choices=["release", "target"])
+    for c in subs:  # also after the command: `edgepipe build -v`
+        _verbosity(c, argparse.SUPPRESS)
     return p
+
+
+def _verbosity(parser: argparse.ArgumentParser, default) -> None:
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_const", const=1, default=default, dest="verbosity",
+                      help="debug log lines of edgepipe and of the toolchains (nncf, onnxruntime, onnx2tf, tensorflow)")
+    loud.add_argument("-q", "--quiet", action="store_const", const=-1, default=default, dest="verbosity",
+                      help="errors only: no per-stage lines, no toolchain warnings")
 
 
 def _jobs(text: str) -> int:
@@ -134,7 +149,7 @@ def cmd_build(args) -> int:
     plan = make_plan(cfg, base)
     progress = Progress(enabled=False if args.no_progress else None)
     jobs = default_jobs() if args.jobs is None else args.jobs
-    log = lambda m: console.print(m, markup=False)  # noqa: E731
+    log = (lambda m: None) if args.verbosity < 0 else (lambda m: console.print(m, markup=False))  # noqa: E731
     console.print(f"edgepipe build: release {cfg.release}, {len(plan.targets)} target(s), {jobs} job(s)")
     with make_executor(jobs, progress, log=log) as executor:
         runner = Runner(Cache(args.cache_dir), progress, log=log, force=tuple(args.force), executor=executor)
@@ -194,6 +209,9 @@ def cmd_schema(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .logs import configure
+
+    configure(args.verbosity)  # our logger and the toolchains' named loggers -> one console handler (stderr)
     handler = {"build": cmd_build, "plan": cmd_plan, "verify": cmd_verify, "schema": cmd_schema,
                "device": cmd_device}[args.command]
     try:

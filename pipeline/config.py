@@ -15,8 +15,9 @@ from pydantic import Field, field_validator, model_validator
 from .configfile import parse, read_yaml
 from .errors import ConfigError
 from .target_config import (  # noqa: F401 (re-exported: pipeline.config names every config model)
-    SEED_MAX, BenchmarkConfig, CalibrationConfig, Entry, GatesConfig, OpsConfig, QuantizationConfig,
+    SEED_MAX, BenchmarkConfig, CalibrationConfig, Entry, FormatName, GatesConfig, OpsConfig, QuantizationConfig,
     SensitivityConfig, Strict, TargetProfile, TransportConfig, check_name)
+from .formats import FORMAT_NAMES
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -42,8 +43,8 @@ class WeightRoundingConfig(Strict):
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the sample and crop draws (0 .. 2^32-1)")
     nodes: list[Entry] | None = Field(None, description="ONNX node-name prefixes of the layers to round (default: "
                                     "every Conv/Gemm/MatMul with a constant weight that is not kept float)")
-    formats: list[Literal["onnx", "openvino", "tflite"]] = Field(
-        ["onnx", "openvino", "tflite"], min_length=1, description="the int8 formats whose chains round weights")
+    formats: list[FormatName] = Field(
+        list(FORMAT_NAMES), min_length=1, description="the int8 formats whose chains round weights")
 
 
 class ModelConfig(Strict):
@@ -54,7 +55,7 @@ class ModelConfig(Strict):
         default_factory=list,
         description="ONNX node-name prefixes of this model that stay float in every int8 format "
                     "(e.g. an in-graph log-mel front-end); added to each target's quantization.keep_float")
-    keep_float_by_format: dict[Literal["onnx", "openvino", "tflite"], list[Entry]] = Field(
+    keep_float_by_format: dict[FormatName, list[Entry]] = Field(
         default_factory=dict,
         description="extra keep_float entries for one format only (e.g. a transformer tower that TFLite's "
                     "int8 kernels cannot run); declared in the manifest like the others")

@@ -55,3 +55,32 @@ class TransportError(EdgepipeError):
 
 class BundleError(EdgepipeError):
     """A bundle is tampered, incomplete or fails its golden vectors."""
+
+
+def exit_status(exitcode: int | None) -> str:
+    """What it does: a process's exit code (negative: the signal that ended it) -> "SIGSEGV", "exit code 3"."""
+    import signal
+
+    if exitcode is None:
+        return "no exit status"
+    if exitcode < 0:
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def portable(err: BaseException, where: str) -> BaseException:
+    """What it does: an exception raised in another process -> one that survives pickling (same class when it can),
+    carrying that process's traceback as a note ("<where> traceback: ...")."""
+    import pickle
+    import traceback
+
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    try:
+        copy = pickle.loads(pickle.dumps(err))
+    except Exception:  # noqa: BLE001 - any exception type may fail to pickle; keep its line
+        copy = StageError(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    copy.add_note(f"{where} traceback:\n{text}")
+    return copy

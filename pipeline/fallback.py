@@ -58,16 +58,18 @@ def search_sizes(limit: int, passes) -> int | None:
     return high
 
 
-def sensitivity_fallback(runner, state, result) -> None:
-    """What it does: a fused target after run_chain -> result.sensitivity (ranking, gates before, attempts) and,
+def sensitivity_fallback(result, rank, build, log) -> None:
+    """What it does: a fused target after its chain ran -> result.sensitivity (ranking, gates before, attempts) and,
     when the gates failed, result's model/lineage/verification/reasons from the smallest passing attempt (or the
-    last one, still failing, with its reasons)."""
-    from .runner import TargetResult
+    last one, still failing, with its reasons).
 
+    The runner passes what it does itself: rank(fp32 ONNX artifact) -> the sensitivity stage's artifact;
+    build(profile, label) -> a new target result (lineage, model, verification, reasons) built with that profile,
+    raising StageError when it cannot be built; log(line)."""
     tp = result.plan
     sens = tp.profile.quantization.sensitivity
     fp32 = next(a for a in result.lineage if a.stage == "export_onnx")
-    ranking = runner.run_stage(state, "sensitivity", fp32, tp.name, tp.profile, runner.calibration_for(state, tp))
+    ranking = rank(fp32)
     rows = ranking.meta["ranking"]
     record = {"settings": sens.model_dump(), "method": METHOD, "candidates": ranking.meta["candidates"],
               "samples": ranking.meta["samples"], "seconds": ranking.meta["seconds"],
@@ -78,28 +80,27 @@ def sensitivity_fallback(runner, state, result) -> None:
               "attempts": [], "auto_keep_float": [], "after": None, "passed": not result.reasons}
     result.sensitivity = record
     worst = ", ".join(f"{r['node']} ({r['cost']:.3g})" for r in rows[:3]) or "no candidate"
-    runner.log(f"  sensitivity    {tp.name:<22} {ranking.meta['candidates']} nodes ranked in "
+    log(f"  sensitivity    {tp.name:<22} {ranking.meta['candidates']} nodes ranked in "
                f"{ranking.meta['seconds']:.1f}s; worst: {worst}")
     if not result.reasons:
         return
     limit = min(sens.max_float_layers, len(rows))
-    runner.log(f"  sensitivity    {tp.name:<22} gates failed ({'; '.join(result.reasons)}); trying up to {limit} "
+    log(f"  sensitivity    {tp.name:<22} gates failed ({'; '.join(result.reasons)}); trying up to {limit} "
                "worst layers in float")
-    tried: dict[int, TargetResult] = {}
+    tried: dict[int, object] = {}
 
     def passes(n: int) -> bool | None:
         entries = [r["node"] for r in rows[:n]]
-        attempt = TargetResult(plan=tp)
         try:
-            runner.run_chain(state, attempt, with_keep_float(tp.profile, entries), label=f"{tp.name}+{n}float")
+            attempt = build(with_keep_float(tp.profile, entries), f"{tp.name}+{n}float")
         except StageError as err:
             record["attempts"].append({"layers": n, "keep_float": entries, "passed": False, "error": str(err)})
-            runner.log(f"  sensitivity    {tp.name:<22} {n} layer(s) float: could not build: {err}")
+            log(f"  sensitivity    {tp.name:<22} {n} layer(s) float: could not build: {err}")
             return None
         tried[n] = attempt
         record["attempts"].append({"layers": n, "keep_float": entries, "passed": not attempt.reasons,
                                    "reasons": list(attempt.reasons), **metrics(attempt.verification.meta)})
-        runner.log(f"  sensitivity    {tp.name:<22} {n} layer(s) float: "
+        log(f"  sensitivity    {tp.name:<22} {n} layer(s) float: "
                    f"{'passed' if not attempt.reasons else 'failed (' + '; '.join(attempt.reasons) + ')'}")
         return not attempt.reasons
 
@@ -122,5 +123,5 @@ def sensitivity_fallback(runner, state, result) -> None:
     if pick.reasons:
         result.reasons.append(f"sensitivity fallback: {chosen} worst layer(s) kept float ({layers}) did not pass "
                               f"either; before: {before}")
-    runner.log(f"  sensitivity    {tp.name:<22} kept {chosen} layer(s) float automatically: {layers} -> "
+    log(f"  sensitivity    {tp.name:<22} kept {chosen} layer(s) float automatically: {layers} -> "
                f"{'passed' if not pick.reasons else 'still failing'}")

@@ -5,7 +5,6 @@ IOSpec; the architecture is rebuilt by the factory's `construct`.
 """
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
@@ -13,54 +12,7 @@ import numpy as np
 from .artifact import Artifact
 from .errors import EdgepipeError, ModelFactoryError
 from .stages import Stage, StageContext
-
-
-def import_factory(spec: str):
-    """'module:attr' -> factory object (a class is instantiated without arguments)."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # any import failure of user code is a config problem, shown in one line
-        raise ModelFactoryError(
-            f"model.factory '{spec}': cannot import module '{module_name}' ({type(err).__name__}: {err})"
-        ) from err
-    obj = getattr(module, attr, None)
-    if obj is None:
-        raise ModelFactoryError(f"model.factory '{spec}': module '{module_name}' has no attribute '{attr}'")
-    factory = obj() if isinstance(obj, type) else obj
-    for method in ("iospec", "construct", "create"):
-        if not callable(getattr(factory, method, None)):
-            raise ModelFactoryError(f"model.factory '{spec}' has no {method}() method (see pipeline/models)")
-    return factory
-
-
-def load_torch(art: Artifact, factory, params: dict):
-    """Rebuild the torch module of a torch artifact (eval mode)."""
-    import torch
-
-    module = factory.construct(params)
-    if art.meta.get("structure"):  # a compressed artifact: rebuild its factorized layers first
-        from .compress.stage import replay_structure
-
-        replay_structure(module, art.meta["structure"])
-    state = torch.load(art.path("model.pt"), map_location="cpu", weights_only=True)
-    module.load_state_dict(state, strict=True)
-    return module.eval()
-
-
-def torch_inputs(iospec, sample: dict[str, np.ndarray]):
-    import torch
-
-    return tuple(torch.from_numpy(np.ascontiguousarray(sample[name])) for name in iospec.input_names)
-
-
-def run_torch(module, iospec, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import torch
-
-    with torch.inference_mode():
-        out = module(*torch_inputs(iospec, sample))
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return {name: t.detach().numpy() for name, t in zip(iospec.output_names, outs)}
+from .torchmodel import import_factory, load_torch, run_torch
 
 
 class LoadModel(Stage):

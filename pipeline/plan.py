@@ -19,19 +19,10 @@ import numpy as np
 from .config import ReleaseConfig, TargetProfile, load_profile, resolve_dataset
 from .data import split_path
 from .errors import ConfigError, MissingDependencyError, ModelFactoryError
+from .formats import EXPORT_CHAINS  # noqa: F401 (format, precision) -> stage chain, from each format's record
 from .stages import missing_imports, stage_class_info
 
 SHARED_STAGES = ("load", "reference")
-EXPORT_CHAINS = {
-    ("onnx", "fp32"): ("export_onnx",),
-    ("onnx", "int8"): ("export_onnx", "quantize_onnx"),
-    ("openvino", "fp32"): ("export_onnx", "convert_openvino"),
-    ("openvino", "fp16"): ("export_onnx", "convert_openvino"),
-    ("openvino", "int8"): ("export_onnx", "convert_openvino", "quantize_openvino"),
-    ("tflite", "fp32"): ("export_onnx", "export_savedmodel", "convert_tflite"),
-    ("tflite", "fp16"): ("export_onnx", "export_savedmodel", "convert_tflite"),
-    ("tflite", "int8"): ("export_onnx", "export_savedmodel", "quantize_tflite"),
-}
 CHECK_STAGES = ("verify", "profile")
 
 

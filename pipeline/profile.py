@@ -10,7 +10,7 @@ import json
 from .artifact import Artifact, sha256_file
 from .errors import StageError, TransportError
 from .stages import Stage, StageContext
-from .verify import FORMAT_OF_KIND
+from .formats import FORMAT_OF_KIND, MODEL_KINDS
 
 
 def agent_path():
@@ -22,7 +22,7 @@ def agent_path():
 class Profile(Stage):
     name = "profile"
     version = 1
-    consumes = ("onnx", "openvino", "tflite")
+    consumes = MODEL_KINDS
     produces = "profile"
     requires = ("numpy",)
     extra = ""

@@ -75,3 +75,42 @@ class _RichTask(_NullTask):
         if not self._done:
             self._done = True
             self._owner._closed(self._id)
+
+
+class ForwardProgress:
+    """Progress sink of a worker or child process: task events go to the parent through `send`, whose side applies
+    them to its own Progress with `apply_event`."""
+
+    enabled = True
+
+    def __init__(self, send):
+        self._send = send
+        self._next = 0
+
+    def task(self, description: str, total: int | None):
+        self._next += 1
+        return _ForwardTask(self._send, self._next, description, total)
+
+
+class _ForwardTask(_NullTask):
+    def __init__(self, send, tid: int, description: str, total: int | None):
+        self._send, self._tid = send, tid
+        send(("progress", "start", tid, description, total))
+
+    def advance(self, n: int = 1) -> None:
+        self._send(("progress", "advance", self._tid, n))
+
+    def close(self) -> None:
+        self._send(("progress", "close", self._tid))
+
+
+def apply_event(progress, tasks: dict, event: tuple) -> None:
+    """What it does: one forwarded task event (start/advance/close) -> applied to `progress`; `tasks` maps the
+    sender's task ids to the tasks opened here (close what is left when the sender is gone)."""
+    op, tid = event[0], event[1]
+    if op == "start":
+        tasks[tid] = progress.task(event[2], event[3])
+    elif op == "advance" and tid in tasks:
+        tasks[tid].advance(event[2])
+    elif op == "close" and tid in tasks:
+        tasks.pop(tid).close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 
+from .formats import FORMAT_NAMES, FORMATS
+
 COLUMNS = ["target", "format", "precision", "size", "accuracy", "drop (pt)", "agreement", "cosine",
            "p50 ms", "p90 ms", "status"]
 
@@ -242,8 +244,7 @@ def study_table(study: list[dict]) -> tuple[list[str], list[list[str]]]:
     precision; parameters, MACs, and per format size KiB (x smaller than the fp32 baseline), eval accuracy (drop
     vs fp32 torch), 1-thread p50 ms and speed-up over the fp32 baseline of that format."""
     formats = sorted({t["format"] for r in study for t in r["targets"].values()},
-                     key=lambda f: ["onnx", "openvino", "tflite"].index(f) if f in ("onnx", "openvino", "tflite")
-                     else 9)
+                     key=lambda f: FORMAT_NAMES.index(f) if f in FORMAT_NAMES else len(FORMAT_NAMES))
     base_recipe = next((r for r in study if r["recipe"] == "baseline"), study[0])
     base = {t["format"]: t for t in base_recipe["targets"].values() if t["precision"] == "fp32"}
     p0 = base_recipe["parameters"]
@@ -302,19 +303,7 @@ tr.bad td:last-child{{color:#c00}}</style></head><body>
 """
 
 
-LOAD_SNIPPETS = {
-    "onnx": 'import onnxruntime as ort\nopts = ort.SessionOptions(); opts.intra_op_num_threads = 1\n'
-            'sess = ort.InferenceSession("model.onnx", opts, providers=["CPUExecutionProvider"])\n'
-            'outputs = sess.run(None, feeds)',
-    "openvino": 'import openvino as ov\n'
-                'compiled = ov.Core().compile_model("model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32",\n'
-                '    "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"})  # f32: the CPU default is bf16\n'
-                'outputs = compiled(feeds)',
-    "tflite": 'from ai_edge_litert.interpreter import Interpreter\n'
-              'interp = Interpreter(model_path="model.tflite", num_threads=1); interp.allocate_tensors()\n'
-              '# int8 inputs: quantize with the scale/zero-point in manifest.json iospec[..].quantization\n'
-              'runner = interp.get_signature_runner(); outputs = runner(**feeds)',
-}
+LOAD_SNIPPETS = {name: f.load_snippet for name, f in FORMATS.items()}
 
 
 def _components_readme(manifest: dict) -> str:

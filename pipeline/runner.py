@@ -167,7 +167,7 @@ class Runner:
     def prepare(self, plan: Plan) -> BuildState:
         """Bind the model's IOSpec and dataset, and check every calibration set, before any stage runs."""
         from .data import open_dataset
-        from .load import import_factory
+        from .torchmodel import import_factory
 
         factory = import_factory(plan.release.model.factory)
         iospec = _factory_call(factory, "iospec", plan.release.model.params)
@@ -348,7 +348,7 @@ class Runner:
         """What it does: trained torch artifact -> state.components (checked torch views), their wiring, and the
         cached fp32 torch outputs of every component on eval and calibration (fusion-head calibration inputs are
         the fp32 torch encoders' embeddings of the calibration samples)."""
-        from .load import import_factory, load_torch
+        from .torchmodel import import_factory, load_torch
         from .models.components import chain_of, check_components
 
         spec = state.plan.release.model
@@ -470,14 +470,29 @@ class Runner:
             self.read_device(state, result)
             self.run_chain(state, result, tp.profile, label=label)
             if fallback and tp.profile.quantization.sensitivity.enabled:
-                from .fallback import sensitivity_fallback
-
-                sensitivity_fallback(self, state, result)
+                self._sensitivity_fallback(state, result)
             if state.plan.release.profile:
                 result.profile = self.run_stage(state, "profile", result.model, label or tp.name, tp.profile,
                                                 device=result.device,
                                                 deps={"verification": result.verification})
             result.status = "failed" if result.reasons else "passed"
+
+    def _sensitivity_fallback(self, state: BuildState, result: TargetResult) -> None:
+        """What it does: a fused int8 target whose profile enables the sensitivity pass -> fallback.py's search,
+        given this runner's ranking stage and chain builds."""
+        from .fallback import sensitivity_fallback
+
+        tp = result.plan
+
+        def rank(fp32: Artifact) -> Artifact:
+            return self.run_stage(state, "sensitivity", fp32, tp.name, tp.profile, self.calibration_for(state, tp))
+
+        def build(profile, label: str) -> TargetResult:
+            attempt = TargetResult(plan=tp)
+            self.run_chain(state, attempt, profile, label=label)
+            return attempt
+
+        sensitivity_fallback(result, rank, build, self.log)
 
     def run_chain(self, state: BuildState, result: TargetResult, profile, label: str | None = None) -> None:
         """What it does: a fused target + the profile to build with -> result.lineage, model, verification and gate

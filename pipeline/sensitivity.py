@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from . import formats
 from .artifact import Artifact
 from .export import keep_float_patterns
 from .stages import Stage, StageContext
@@ -38,11 +39,12 @@ RANKING_FILE = "ranking.json"
 
 def scheme(target) -> dict:
     """What it does: a target profile -> the int8 scheme the simulation uses (activation type and symmetry,
-    weight symmetry, per-channel). NNCF picks activation symmetry from its preset."""
-    q = target.quantization
-    symmetric = q.preset == "performance" if target.format == "openvino" else q.symmetric_activations
-    return {"activation_type": "int8" if target.format == "tflite" else q.activation_type,
-            "symmetric_activations": symmetric, "symmetric_weights": q.symmetric_weights or target.format != "onnx",
+    weight symmetry, per-channel), as the format's quantizer applies the profile (formats.py Int8Scheme: e.g. NNCF
+    picks activation symmetry from its preset, TFLite's activations are always int8)."""
+    q, int8 = target.quantization, formats.get(target.format).int8
+    symmetric = q.preset == "performance" if int8.activation_symmetry_from_preset else q.symmetric_activations
+    return {"activation_type": int8.activation_type or q.activation_type,
+            "symmetric_activations": symmetric, "symmetric_weights": q.symmetric_weights or int8.weights_always_symmetric,
             "per_channel": q.per_channel}
 
 
@@ -52,11 +54,8 @@ def quantized_op_types(target) -> set[str] | None:
     onnxruntime's static QDQ leaves e.g. Log alone, so it is no candidate for an ONNX target."""
     if target.quantization.op_types is not None:
         return set(target.quantization.op_types)
-    if target.format != "onnx":
-        return None
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    return set(QDQRegistry) | set(QLinearOpsRegistry)  # quantize_static's default op_types_to_quantize
+    default = formats.get(target.format).int8.default_op_types
+    return None if default is None else formats.resolve(default)(target)
 
 
 def matches(pattern: str, node) -> bool:

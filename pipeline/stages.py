@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .artifact import Artifact, collect_files
 from .errors import MissingDependencyError
+from .formats import FORMAT_STAGES
 
 if TYPE_CHECKING:
     from .calibration import CalibrationSet
@@ -22,18 +23,13 @@ if TYPE_CHECKING:
     from .iospec import IOSpec
     from .progress import Progress
 
+# Format-independent stages here; each format's exporters and quantizers come from its record in formats.py.
 STAGES: dict[str, str] = {
     "load": "pipeline.load:LoadModel",
     "reference": "pipeline.load:ReferenceOutputs",
     "compress": "pipeline.compress.stage:Compress",
-    "export_onnx": "pipeline.export.onnx:ExportOnnx",
     "round_weights": "pipeline.export.rounding:RoundWeights",
-    "quantize_onnx": "pipeline.export.onnx:QuantizeOnnx",
-    "convert_openvino": "pipeline.export.openvino:ConvertOpenvino",
-    "quantize_openvino": "pipeline.export.openvino:QuantizeOpenvino",
-    "export_savedmodel": "pipeline.export.tflite:ExportSavedModel",
-    "convert_tflite": "pipeline.export.tflite:ConvertTflite",
-    "quantize_tflite": "pipeline.export.tflite:QuantizeTflite",
+    **FORMAT_STAGES,
     "component_reference": "pipeline.load:ComponentReference",
     "sensitivity": "pipeline.sensitivity:Sensitivity",
     "verify": "pipeline.verify:Verify",

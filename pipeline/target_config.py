@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from .formats import FORMAT_NAMES, FORMATS, RUNTIMES
+
 # Checked with fullmatch: `$` would also match before a trailing newline ("tiny\n" -> dist/tiny\n/).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # numpy's and torch's generators both take every seed in 0 .. 2**32 - 1 (numpy refuses negative ones)
@@ -51,6 +53,10 @@ class SensitivityConfig(Strict):
         32, ge=2, le=1024, description="calibration samples (the first of the target's calibration subset) the "
                                        "ranking measures on; never eval samples")
 
+
+# The registry's names as pydantic choices (pipeline/formats.py): a format added there is a valid choice here.
+FormatName = Literal[FORMAT_NAMES]
+RuntimeName = Literal[RUNTIMES]
 
 # QuantizationConfig fields added after cache keys existed, with their defaults (see stage_settings)
 _LATER_SETTINGS = {"activations": "static", "blockwise": []}
@@ -225,9 +231,9 @@ class DeviceConfig(Strict):
 class TargetProfile(Strict):
     name: str = Field(description="profile name; the file is targets/profiles/<name>.yaml")
     description: str = Field("", description="one line for humans")
-    format: Literal["onnx", "openvino", "tflite"] = Field(description="artifact format")
+    format: FormatName = Field(description="artifact format")
     precision: Literal["fp32", "fp16", "int8"] = Field(description="weights/activations precision")
-    runtime: Literal["onnxruntime", "openvino", "litert"] = Field(
+    runtime: RuntimeName = Field(
         "onnxruntime", description="runtime that loads the artifact (must fit the format)")
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig, description="int8 settings")
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="int8 calibration")
@@ -244,18 +250,18 @@ class TargetProfile(Strict):
 
     @model_validator(mode="after")
     def _runtime_fits(self):
-        fits = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
-        if fits[self.format] != self.runtime:
-            raise ValueError(f"runtime '{self.runtime}' cannot load format '{self.format}'; use '{fits[self.format]}'")
+        fits = FORMATS[self.format].runtime
+        if fits != self.runtime:
+            raise ValueError(f"runtime '{self.runtime}' cannot load format '{self.format}'; use '{fits}'")
         return self
 
     @model_validator(mode="after")
     def _dynamic_fits(self):
-        q = self.quantization
-        if q.activations == "dynamic" and self.format == "openvino":
-            raise ValueError("quantization.activations 'dynamic' is not available for openvino (NNCF quantizes "
-                             "activations statically); use 'static'")
-        if q.blockwise and self.format != "onnx":
+        q, fmt = self.quantization, FORMATS[self.format]
+        if q.activations == "dynamic" and fmt.no_dynamic_activations:
+            raise ValueError(f"quantization.activations 'dynamic' is not available for {self.format} "
+                             f"({fmt.no_dynamic_activations}); use 'static'")
+        if q.blockwise and not fmt.blockwise:
             raise ValueError(f"quantization.blockwise is an onnxruntime scheme; format '{self.format}' has none")
         if q.activations == "dynamic" and q.sensitivity.enabled:
             raise ValueError("quantization.sensitivity ranks static int8 layers; it does not apply to "

@@ -11,9 +11,8 @@ import numpy as np
 
 from .artifact import Artifact
 from .errors import StageError
+from .formats import FORMAT_OF_KIND, MODEL_KINDS
 from .stages import Stage, StageContext
-
-FORMAT_OF_KIND = {"onnx": "onnx", "openvino": "openvino", "tflite": "tflite"}
 
 
 def adapt_sample(sample: dict[str, np.ndarray], artifact: Artifact) -> dict[str, np.ndarray]:
@@ -87,7 +86,7 @@ def ranking_metrics(got: np.ndarray, ref: np.ndarray, confident: float = 0.5) ->
 class Verify(Stage):
     name = "verify"
     version = 1
-    consumes = ("onnx", "openvino", "tflite")
+    consumes = MODEL_KINDS
     produces = "verification"
     requires = ("numpy",)
     extra = ""

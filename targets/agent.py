@@ -2,6 +2,7 @@
 
 This file is copied ALONE to a device, so it uses only the standard library, numpy and the runtime it loads
 (imported lazily inside functions); it must never import `pipeline` or `targets`. It runs on Python >= 3.8.
+It is over ~400 lines on purpose (DESIGN §5): one pushable file, split into the marked sections below.
 The host imports the same API for its verify stage:
 
     open_model(path, fmt, threads) -> Session      .run(feeds) -> outputs, .input_details, .runtime_config, ...
@@ -10,6 +11,16 @@ The host imports the same API for its verify stage:
 
 Golden vectors (a directory): `golden.json` = {"count", "inputs", "outputs", "atol", "rtol"} plus, for k in
 0..count-1, `{k:03d}/input.<name>.npy` and `{k:03d}/output.<name>.npy`.
+
+Sections, in order (each marked by a "# ====" banner; tests/test_agent.py follows the same order):
+    core                      AgentError, TensorDetail, the Session base class (feed checks, output aliases)
+    runtime session: onnx     OnnxSession (onnxruntime)
+    runtime session: openvino OpenvinoSession (OpenVINO CPU plugin)
+    runtime session: tflite   TfliteSession (LiteRT interpreter, then tflite_runtime, then tensorflow.lite)
+    SESSIONS                  format name -> session class; open_model
+    golden vectors, measurements, CLI
+A new runtime is one more session section and one SESSIONS entry, named as the format's record in the build
+side's registry (pipeline/formats.py: its agent_session); this file never imports that registry.
 
 CLI: python agent.py --model PATH --format onnx|openvino|tflite --threads N --warmup W --iterations N
      --golden DIR [--timing-sample K]
@@ -34,10 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
-FORMATS = ("onnx", "openvino", "tflite")
 # Tensor names become file names in golden dirs, so keep them to a portable set (":" for TF-style names).
 _TENSOR_NAME = re.compile(r"[A-Za-z0-9_.:-]+")  # fullmatch: `$` also matches before a final newline
 _QUANTIZED_IO = ("int8", "uint8", "int16")
+
+
+# ================================================================ core
 
 
 class AgentError(Exception):
@@ -141,6 +154,9 @@ class Session:
         raise NotImplementedError
 
 
+# ================================================================ runtime session: onnx (onnxruntime)
+
+
 _ORT_DTYPES = {
     "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
     "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16",
@@ -184,6 +200,9 @@ class OnnxSession(Session):
     def _run(self, feeds: dict) -> dict:
         values = self._sess.run(None, feeds)
         return dict(zip(self.output_names, values))
+
+
+# ================================================================ runtime session: openvino (OpenVINO CPU plugin)
 
 
 # Requested on purpose: without the f32 hint the CPU plugin runs bf16 on CPUs that have it and loses fidelity.
@@ -238,6 +257,9 @@ class OpenvinoSession(Session):
         self._request.infer(feeds)
         # .data is a view into the request's buffer, overwritten by the next infer: copy it out.
         return {det.name: self._request.get_output_tensor(i).data.copy() for i, det in enumerate(self.output_details)}
+
+
+# ================================================================ runtime session: tflite (LiteRT interpreter)
 
 
 def match_names(wanted: list, available: list, what: str, require_all: bool) -> dict:
@@ -411,21 +433,25 @@ def _tflite_cast(det: TensorDetail, arr: np.ndarray, feed_name: str) -> np.ndarr
     raise AgentError(f"input '{feed_name}': expected {_fmt_shape(det.shape)} {det.dtype}, got {arr.dtype.name}")
 
 
-_SESSIONS = {"onnx": OnnxSession, "openvino": OpenvinoSession, "tflite": TfliteSession}
+# ================================================================ SESSIONS: format -> runtime session
+
+
+SESSIONS = {"onnx": OnnxSession, "openvino": OpenvinoSession, "tflite": TfliteSession}
+FORMATS = tuple(SESSIONS)
 
 
 def open_model(path: str, fmt: str, threads: int) -> Session:
     """Load `path` with the runtime for `fmt` using `threads` CPU threads."""
-    if fmt not in _SESSIONS:
+    if fmt not in SESSIONS:
         raise AgentError(f"unknown format '{fmt}'; expected one of {', '.join(FORMATS)}")
     if not isinstance(threads, int) or threads < 1:
         raise AgentError(f"threads must be a positive integer, got {threads!r}")
     if not os.path.isfile(path):
         raise AgentError(f"model file not found: {path}")
-    return _SESSIONS[fmt](str(path), threads)
+    return SESSIONS[fmt](str(path), threads)
 
 
-# ---------------------------------------------------------------- golden vectors
+# ================================================================ golden vectors
 
 
 @dataclass
@@ -584,7 +610,7 @@ def check_golden(session: Session, golden: Golden) -> dict:
             "atol": golden.atol, "rtol": golden.rtol, "failures": failures}
 
 
-# ---------------------------------------------------------------- measurements
+# ================================================================ measurements
 
 
 def latency_stats(durations_ns: list) -> dict:
@@ -641,7 +667,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-# ---------------------------------------------------------------- CLI
+# ================================================================ CLI
 
 
 class _Parser(argparse.ArgumentParser):
@@ -703,7 +729,8 @@ def main(argv=None) -> int:
         args = _parse_args(argv)
     except AgentError as exc:
         return _emit({"ok": False, "error": str(exc)}, 1)
-    # Runtimes may print to fd 1 from C++; send that to stderr so stdout carries only our JSON line.
+    # Runtimes may print to fd 1 from C++; send that to stderr so stdout carries only our JSON line. This is the
+    # agent's own process (the transport starts it; the build side never calls main()), so the descriptors are ours.
     sys.stdout.flush()
     saved_fd = os.dup(1)
     os.dup2(2, 1)

@@ -41,13 +41,19 @@ def pytest_make_collect_report(collector):
             report.longrepr = f"module skipped under EDGEPIPE_REQUIRE_ALL=1: {reason}"
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 900,
+            kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """`edgepipe ARGS` in a subprocess. kill_at: the build SIGKILLs itself (all its processes) when that stage is
+    about to commit (tests/kill_at_commit/sitecustomize.py); it then runs in a session of its own."""
     full_env = dict(os.environ)
     full_env.pop("EDGEPIPE_DEBUG", None)
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    if kill_at is not None:
+        full_env["PYTHONPATH"] = str(REPO / "tests" / "kill_at_commit") + os.pathsep + full_env["PYTHONPATH"]
+        full_env["EDGEPIPE_TEST_KILL_AT"] = kill_at
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, start_new_session=kill_at is not None)
 
 
 @pytest.fixture

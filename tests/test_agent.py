@@ -1,5 +1,7 @@
 """Tests for targets/agent.py: the Python API, the golden-vector format and the CLI (run as a subprocess).
 
+Sections follow the agent's own (core, one per runtime session, golden vectors, measurements, CLI).
+
 Models are built with onnx.helper (no torch). Expected outputs come from numpy, not from a runtime.
 """
 from __future__ import annotations
@@ -80,64 +82,26 @@ def _cli_args(model: Path, golden: Path, fmt: str = "onnx") -> list[str]:
             "--iterations", "15", "--golden", str(golden)]
 
 
-def test_cli_onnx_reports_golden_and_latency(model, golden):
-    code, lines, stderr = _cli(*_cli_args(model, golden))
-    assert code == 0, stderr
-    assert len(lines) == 1
-    result = json.loads(lines[0])
-    assert result["ok"] is True
-    assert result["runtime"] == "onnxruntime" and result["format"] == "onnx"
-    assert result["golden"]["checked"] == 3 and result["golden"]["passed"] == 3
-    assert result["golden"]["failures"] == []
-    lat = result["latency_ms"]
-    assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
-    assert result["peak_rss_bytes"] > 0 and result["peak_rss_source"] == "VmHWM"
-    assert result["runtime_config"]["intra_op_num_threads"] == 1
-    assert result["runtime_config"]["inter_op_num_threads"] == 1
-    assert result["iterations"] == 15 and result["warmup"] == 2 and result["threads"] == 1
-    assert [i["name"] for i in result["inputs"]] == ["x", "ids"]
-    assert result["cpu_model"] and result["machine"] and result["python"]
+# ================================================================ core
 
 
-def test_cli_corrupted_golden_exits_3_with_failures(model, tmp_path):
-    feeds, expected = _samples()
-    expected[1]["y"] = expected[1]["y"] + 1.0
-    golden = agent.write_golden(tmp_path / "bad", feeds, expected, atol=1e-5, rtol=1e-5)
-    code, lines, _ = _cli(*_cli_args(model, golden))
-    assert code == 3
-    result = json.loads(lines[-1])
-    assert result["ok"] is True
-    assert result["golden"]["passed"] == 2 and result["golden"]["checked"] == 3
-    assert len(result["golden"]["failures"]) == 1
-    assert result["golden"]["failures"][0].startswith("sample 001 output 'y'")
-    assert result["golden"]["max_abs_err"] == pytest.approx(1.0, abs=1e-5)
-
-
-def test_cli_missing_model_is_one_line_error(golden, tmp_path):
-    code, lines, _ = _cli(*_cli_args(tmp_path / "absent.onnx", golden))
-    assert code == 1
-    assert len(lines) == 1
-    result = json.loads(lines[0])
-    assert result == {"ok": False, "error": f"model file not found: {tmp_path / 'absent.onnx'}"}
-
-
-def test_cli_unreadable_model_and_bad_args(golden, tmp_path):
-    junk = tmp_path / "junk.onnx"
-    junk.write_bytes(b"not a model")
-    code, lines, _ = _cli(*_cli_args(junk, golden))
-    assert code == 1 and len(lines) == 1
-    assert json.loads(lines[0])["error"].startswith(f"cannot load onnx model {junk}")
-    code, lines, _ = _cli("--model", str(junk), "--format", "pytorch", "--threads", "1", "--golden", str(golden))
-    assert code == 1 and "--format" in json.loads(lines[0])["error"]
-
-
-def test_cli_wrong_feed_shape_names_the_input(model, tmp_path):
-    feeds, expected = _samples(1)
-    feeds[0]["ids"] = np.zeros((1, 5), dtype=np.int64)
-    golden = agent.write_golden(tmp_path / "wrong", feeds, expected, atol=1e-5, rtol=1e-5)
-    code, lines, _ = _cli(*_cli_args(model, golden))
-    assert code == 1 and len(lines) == 1
-    assert json.loads(lines[0])["error"] == "input 'ids': expected [1, 3] int64, got [1, 5] int64"
+def test_agent_imports_only_stdlib_numpy_and_runtimes():
+    tree = ast.parse(AGENT.read_text(encoding="utf-8"))
+    top_level = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_level.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            top_level.add((node.module or "").split(".")[0])
+    assert top_level - set(sys.stdlib_module_names) == {"numpy"}
+    anywhere = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            anywhere.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            anywhere.add((node.module or "").split(".")[0])
+    assert not anywhere & {"pipeline", "targets", "torch"}
+    assert anywhere - set(sys.stdlib_module_names) <= {"numpy", "tensorflow"}  # others via importlib
 
 
 def test_feed_mismatches_raise_agent_error(model):
@@ -149,6 +113,23 @@ def test_feed_mismatches_raise_agent_error(model):
         session.run({"x": feeds[0]["x"]})
     with pytest.raises(agent.AgentError, match=r"^feed 'tokens' is not a model input"):
         session.run({**feeds[0], "tokens": feeds[0]["ids"]})
+
+
+# ================================================================ runtime session: onnx
+
+
+def test_onnx_session_runs_with_explicit_threads(model):
+    feeds, expected = _samples(1)
+    session = agent.open_model(str(model), "onnx", 2)
+    assert session.runtime_name == "onnxruntime" and session.runtime_config["intra_op_num_threads"] == 2
+    assert [(d.name, d.dtype, d.shape) for d in session.input_details] == [("x", "float32", (1, 4)),
+                                                                            ("ids", "int64", (1, 3))]
+    out = session.run(feeds[0])
+    np.testing.assert_allclose(out["y"], expected[0]["y"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(out["s"], expected[0]["s"])
+
+
+# ================================================================ runtime session: openvino
 
 
 def test_openvino_matches_onnxruntime_with_f32_hint(model, golden):
@@ -171,78 +152,19 @@ def test_openvino_matches_onnxruntime_with_f32_hint(model, golden):
     assert result["golden"]["passed"] == 3
 
 
-def test_write_golden_is_byte_deterministic_and_round_trips(tmp_path):
-    feeds, expected = _samples()
-    # A Fortran-ordered copy of the same values must not change the bytes.
-    fortran = [{k: np.asfortranarray(v) for k, v in s.items()} for s in feeds]
-    first = agent.write_golden(tmp_path / "a", feeds, expected, atol=1e-4, rtol=0.0)
-    second = agent.write_golden(tmp_path / "b", fortran, expected, atol=1e-4, rtol=0.0)
-    files_a = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    files_b = sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 1 + 3 * 4
-    for rel in files_a:
-        assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
-    again = agent.write_golden(tmp_path / "a", feeds[:1], expected[:1], atol=1e-4, rtol=0.0)  # rewrite in place
-    assert not (again / "001").exists()
-    loaded = agent.load_golden(first)
-    assert loaded.count == 1 and loaded.inputs == ["x", "ids"] and loaded.outputs == ["y", "s"]
-    np.testing.assert_array_equal(loaded.samples[0]["ids"], feeds[0]["ids"])
-    assert json.loads((first / "golden.json").read_text()) == {
-        "count": 1, "inputs": ["x", "ids"], "outputs": ["y", "s"], "atol": 1e-4, "rtol": 0.0}
-
-
-def test_golden_dir_errors(tmp_path):
-    with pytest.raises(agent.AgentError, match="golden vectors not found"):
-        agent.load_golden(tmp_path / "nothing")
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "keep.txt").write_text("user data")
+def test_openvino_ir_and_missing_weights(model, tmp_path):
+    ov = pytest.importorskip("openvino")
+    xml = tmp_path / "ir" / "tiny.xml"
+    ov.save_model(ov.convert_model(str(model)), str(xml), compress_to_fp16=False)
     feeds, expected = _samples(1)
-    with pytest.raises(agent.AgentError, match="refusing to write"):
-        agent.write_golden(tmp_path / "other", feeds, expected, atol=1e-5, rtol=1e-5)
-    with pytest.raises(agent.AgentError, match="tensor name"):
-        agent.write_golden(tmp_path / "g", [{"../x": feeds[0]["x"]}], expected, atol=1e-5, rtol=1e-5)
-    with pytest.raises(agent.AgentError, match="tensor name"):  # `$` alone matched before the newline
-        agent.write_golden(tmp_path / "g", [{"x\n": feeds[0]["x"]}], expected, atol=1e-5, rtol=1e-5)
-    good = agent.write_golden(tmp_path / "g2", feeds, expected, atol=1e-5, rtol=1e-5)
-    (good / "000" / "output.s.npy").unlink()
-    with pytest.raises(agent.AgentError, match="golden file missing"):
-        agent.load_golden(good)
+    out = agent.open_model(str(xml), "openvino", 1).run(feeds[0])
+    np.testing.assert_allclose(out["y"], expected[0]["y"], rtol=1e-5, atol=1e-5)
+    xml.with_suffix(".bin").unlink()
+    with pytest.raises(agent.AgentError, match=r"weights file .*tiny\.bin is missing"):
+        agent.open_model(str(xml), "openvino", 1)
 
 
-def test_check_golden_rejects_broadcastable_shapes(model, tmp_path):
-    feeds, expected = _samples(1)
-    expected[0]["y"] = expected[0]["y"].reshape(2)  # allclose alone would broadcast [2] against [1, 2]
-    golden = agent.load_golden(agent.write_golden(tmp_path / "g", feeds, expected, atol=1e-5, rtol=1e-5))
-    report = agent.check_golden(agent.open_model(str(model), "onnx", 1), golden)
-    assert report["passed"] == 0 and report["failures"] == ["sample 000 output 'y': shape [1, 2] != expected [2]"]
-
-
-def test_latency_stats_use_linear_percentiles():
-    stats = agent.latency_stats([1_000_000 * v for v in range(1, 11)])
-    assert stats["p50"] == pytest.approx(5.5) and stats["p90"] == pytest.approx(9.1)
-    assert stats["min"] == 1.0 and stats["max"] == 10.0 and stats["std"] == pytest.approx(np.std(np.arange(1, 11)))
-
-
-def test_agent_imports_only_stdlib_numpy_and_runtimes():
-    tree = ast.parse(AGENT.read_text(encoding="utf-8"))
-    top_level = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            top_level.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            top_level.add((node.module or "").split(".")[0])
-    assert top_level - set(sys.stdlib_module_names) == {"numpy"}
-    anywhere = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            anywhere.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            anywhere.add((node.module or "").split(".")[0])
-    assert not anywhere & {"pipeline", "targets", "torch"}
-    assert anywhere - set(sys.stdlib_module_names) <= {"numpy", "tensorflow"}  # others via importlib
-
-
-# ------------------------------------------------------------------ TFLite
+# ================================================================ runtime session: tflite
 
 
 def test_match_names_exact_contained_then_position():
@@ -365,16 +287,125 @@ def test_tflite_real_runtime_end_to_end(tmp_path):
     assert result["inputs"][0]["dtype"] == "int8" and result["inputs"][0]["scale"] > 0
 
 
-def test_openvino_ir_and_missing_weights(model, tmp_path):
-    ov = pytest.importorskip("openvino")
-    xml = tmp_path / "ir" / "tiny.xml"
-    ov.save_model(ov.convert_model(str(model)), str(xml), compress_to_fp16=False)
+# ================================================================ golden vectors
+
+
+def test_write_golden_is_byte_deterministic_and_round_trips(tmp_path):
+    feeds, expected = _samples()
+    # A Fortran-ordered copy of the same values must not change the bytes.
+    fortran = [{k: np.asfortranarray(v) for k, v in s.items()} for s in feeds]
+    first = agent.write_golden(tmp_path / "a", feeds, expected, atol=1e-4, rtol=0.0)
+    second = agent.write_golden(tmp_path / "b", fortran, expected, atol=1e-4, rtol=0.0)
+    files_a = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert files_a == files_b and len(files_a) == 1 + 3 * 4
+    for rel in files_a:
+        assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+    again = agent.write_golden(tmp_path / "a", feeds[:1], expected[:1], atol=1e-4, rtol=0.0)  # rewrite in place
+    assert not (again / "001").exists()
+    loaded = agent.load_golden(first)
+    assert loaded.count == 1 and loaded.inputs == ["x", "ids"] and loaded.outputs == ["y", "s"]
+    np.testing.assert_array_equal(loaded.samples[0]["ids"], feeds[0]["ids"])
+    assert json.loads((first / "golden.json").read_text()) == {
+        "count": 1, "inputs": ["x", "ids"], "outputs": ["y", "s"], "atol": 1e-4, "rtol": 0.0}
+
+
+def test_golden_dir_errors(tmp_path):
+    with pytest.raises(agent.AgentError, match="golden vectors not found"):
+        agent.load_golden(tmp_path / "nothing")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("user data")
     feeds, expected = _samples(1)
-    out = agent.open_model(str(xml), "openvino", 1).run(feeds[0])
-    np.testing.assert_allclose(out["y"], expected[0]["y"], rtol=1e-5, atol=1e-5)
-    xml.with_suffix(".bin").unlink()
-    with pytest.raises(agent.AgentError, match=r"weights file .*tiny\.bin is missing"):
-        agent.open_model(str(xml), "openvino", 1)
+    with pytest.raises(agent.AgentError, match="refusing to write"):
+        agent.write_golden(tmp_path / "other", feeds, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(agent.AgentError, match="tensor name"):
+        agent.write_golden(tmp_path / "g", [{"../x": feeds[0]["x"]}], expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(agent.AgentError, match="tensor name"):  # `$` alone matched before the newline
+        agent.write_golden(tmp_path / "g", [{"x\n": feeds[0]["x"]}], expected, atol=1e-5, rtol=1e-5)
+    good = agent.write_golden(tmp_path / "g2", feeds, expected, atol=1e-5, rtol=1e-5)
+    (good / "000" / "output.s.npy").unlink()
+    with pytest.raises(agent.AgentError, match="golden file missing"):
+        agent.load_golden(good)
+
+
+def test_check_golden_rejects_broadcastable_shapes(model, tmp_path):
+    feeds, expected = _samples(1)
+    expected[0]["y"] = expected[0]["y"].reshape(2)  # allclose alone would broadcast [2] against [1, 2]
+    golden = agent.load_golden(agent.write_golden(tmp_path / "g", feeds, expected, atol=1e-5, rtol=1e-5))
+    report = agent.check_golden(agent.open_model(str(model), "onnx", 1), golden)
+    assert report["passed"] == 0 and report["failures"] == ["sample 000 output 'y': shape [1, 2] != expected [2]"]
+
+
+# ================================================================ measurements
+
+
+def test_latency_stats_use_linear_percentiles():
+    stats = agent.latency_stats([1_000_000 * v for v in range(1, 11)])
+    assert stats["p50"] == pytest.approx(5.5) and stats["p90"] == pytest.approx(9.1)
+    assert stats["min"] == 1.0 and stats["max"] == 10.0 and stats["std"] == pytest.approx(np.std(np.arange(1, 11)))
+
+
+# ================================================================ CLI
+
+
+def test_cli_onnx_reports_golden_and_latency(model, golden):
+    code, lines, stderr = _cli(*_cli_args(model, golden))
+    assert code == 0, stderr
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["ok"] is True
+    assert result["runtime"] == "onnxruntime" and result["format"] == "onnx"
+    assert result["golden"]["checked"] == 3 and result["golden"]["passed"] == 3
+    assert result["golden"]["failures"] == []
+    lat = result["latency_ms"]
+    assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert result["peak_rss_bytes"] > 0 and result["peak_rss_source"] == "VmHWM"
+    assert result["runtime_config"]["intra_op_num_threads"] == 1
+    assert result["runtime_config"]["inter_op_num_threads"] == 1
+    assert result["iterations"] == 15 and result["warmup"] == 2 and result["threads"] == 1
+    assert [i["name"] for i in result["inputs"]] == ["x", "ids"]
+    assert result["cpu_model"] and result["machine"] and result["python"]
+
+
+def test_cli_corrupted_golden_exits_3_with_failures(model, tmp_path):
+    feeds, expected = _samples()
+    expected[1]["y"] = expected[1]["y"] + 1.0
+    golden = agent.write_golden(tmp_path / "bad", feeds, expected, atol=1e-5, rtol=1e-5)
+    code, lines, _ = _cli(*_cli_args(model, golden))
+    assert code == 3
+    result = json.loads(lines[-1])
+    assert result["ok"] is True
+    assert result["golden"]["passed"] == 2 and result["golden"]["checked"] == 3
+    assert len(result["golden"]["failures"]) == 1
+    assert result["golden"]["failures"][0].startswith("sample 001 output 'y'")
+    assert result["golden"]["max_abs_err"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cli_missing_model_is_one_line_error(golden, tmp_path):
+    code, lines, _ = _cli(*_cli_args(tmp_path / "absent.onnx", golden))
+    assert code == 1
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result == {"ok": False, "error": f"model file not found: {tmp_path / 'absent.onnx'}"}
+
+
+def test_cli_unreadable_model_and_bad_args(golden, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    code, lines, _ = _cli(*_cli_args(junk, golden))
+    assert code == 1 and len(lines) == 1
+    assert json.loads(lines[0])["error"].startswith(f"cannot load onnx model {junk}")
+    code, lines, _ = _cli("--model", str(junk), "--format", "pytorch", "--threads", "1", "--golden", str(golden))
+    assert code == 1 and "--format" in json.loads(lines[0])["error"]
+
+
+def test_cli_wrong_feed_shape_names_the_input(model, tmp_path):
+    feeds, expected = _samples(1)
+    feeds[0]["ids"] = np.zeros((1, 5), dtype=np.int64)
+    golden = agent.write_golden(tmp_path / "wrong", feeds, expected, atol=1e-5, rtol=1e-5)
+    code, lines, _ = _cli(*_cli_args(model, golden))
+    assert code == 1 and len(lines) == 1
+    assert json.loads(lines[0])["error"] == "input 'ids': expected [1, 3] int64, got [1, 5] int64"
 
 
 def test_runtime_chatter_on_stdout_goes_to_stderr(model, golden):

@@ -97,7 +97,7 @@ def test_fresh_builds_are_reproducible_and_a_killed_build_resumes(tmp_path):
     a = run_cli(["build", str(cfg), "--no-progress", "--cache-dir", "ca", "--dist", "da"], tmp_path)
     assert a.returncode == 0, a.stdout + a.stderr
     killed = run_cli(["build", str(cfg), "--no-progress", "--cache-dir", "cb", "--dist", "db"], tmp_path,
-                     env={"EDGEPIPE_CRASH_AT": "quantize_onnx"})
+                     kill_at="quantize_onnx")
     assert killed.returncode == -9, killed.stdout + killed.stderr
     assert not (tmp_path / "db").exists(), "a killed build must not leave anything in dist/"
     assert list((tmp_path / "cb" / "quantize_onnx").glob(".tmp-*")), "the crash point should leave a temp dir"

@@ -4,14 +4,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 pytest.importorskip("openvino")
-# Not imported here: importing nncf outside the stage's telemetry guard would start OpenVINO telemetry.
+# Not imported here: nncf runs in the stages' children, whose environment turns its telemetry off.
 if importlib.util.find_spec("nncf") is None:
     pytest.skip("nncf is not installed", allow_module_level=True)
 
@@ -19,19 +17,7 @@ from pipeline.config import load_profile  # noqa: E402
 from pipeline.errors import StageError  # noqa: E402
 from targets.agent import open_model  # noqa: E402
 
-from .conftest import REPO, calibration_for, run_cli, write_release  # noqa: E402
-
-# In a fresh process (telemetry decides once per process): convert + import nncf the way the stages do.
-_TELEMETRY_PROBE = """
-import sys, openvino as ov
-from pipeline.export.openvino import _no_telemetry
-with _no_telemetry():
-    import nncf.telemetry.wrapper as wrapper
-    ov.convert_model(sys.argv[1])
-import openvino_telemetry
-print(openvino_telemetry.Telemetry().consent, type(wrapper.telemetry).__name__)
-"""
-
+from .conftest import calibration_for, run_cli, write_release  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ov_models(tiny_build):
@@ -130,18 +116,22 @@ def test_keep_float_is_honoured_and_quantization_is_quiet(ov_models, capfd):
     _run_once(art, state)
     out, err = capfd.readouterr()
     assert out == "" and "INFO" not in err  # NNCF's log lines and progress bars stay out of the build output
-    assert {k: os.environ.get(k) for k in ("CI", "NNCF_CI")} == before  # telemetry switches are restored
+    assert {k: os.environ.get(k) for k in ("CI", "NNCF_CI")} == before  # telemetry switches: the child's only
+    assert "nncf.log" in {p.name for p in (art.root / "logs").iterdir()} and "logs/nncf.log" not in art.files
 
 
-def test_no_telemetry_is_sent(ov_models):
+def test_no_telemetry_is_sent(ov_models, tmp_path, monkeypatch):
+    """A child started like the OpenVINO stages' children: convert_model, then both telemetry decisions."""
     pytest.importorskip("openvino_telemetry")
-    onnx = ov_models[3]
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "NNCF_CI")}
-    env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([sys.executable, "-c", _TELEMETRY_PROBE, str(onnx.main_file)], capture_output=True,
-                          text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "MagicMock"]  # OpenVINO's telemetry declined, NNCF's a stub
+    from pipeline.export.child import run_child
+    from pipeline.export.openvino import OPENVINO_ENV
+
+    for key in OPENVINO_ENV:  # the user's environment does not decide it
+        monkeypatch.delenv(key, raising=False)
+    got = run_child("tests.child_probes:telemetry", str(ov_models[3].main_file), what="probe",
+                    log_path=tmp_path / "probe.log", env=OPENVINO_ENV)
+    assert got == [False, "MagicMock"]  # OpenVINO's telemetry declined, NNCF's a stub
+    assert all(key not in os.environ for key in OPENVINO_ENV)  # only the child's environment had them
 
 
 @pytest.mark.parametrize("keep_float", [["no_such_node"], ["/audio/logmel", "Conv"]])

@@ -197,3 +197,26 @@ def test_text_encoder_quantization_reaches_each_format():
     assert merged["openvino"].activations == "static" and merged["openvino"].model_type == "transformer"
     assert merged["openvino"].bias_correction == "fast"  # the profile's full bias correction collapses MiniLM
     assert load_profile("host-openvino-int8", REPO).quantization.bias_correction == "full"
+
+
+def test_photo_catalogue_data_matches_the_shipped_photos():
+    """tools/smartcam_catalogue.json (the generator's catalogue, kept as data) describes exactly the photos in
+    calibration_data/smartcam/photos.json: same slugs, packages, versions, paths, labels and descriptions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_smartcam_data", REPO / "tools" / "make_smartcam_data.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    prompts, labels, sources, _, catalogue = tool.load_catalogue()
+    assert (prompts, labels) == (tool.PROMPTS, tool.L)
+    assert (REPO / "calibration_data" / "smartcam" / "prompts.txt").read_text().splitlines() == list(prompts)
+    by_slug = {slug: (key, path, label, desc) for key, path, slug, label, desc in catalogue}
+    assert len(by_slug) == len(catalogue) and all(key in sources for key, *_ in catalogue)
+    shipped = json.loads((REPO / "calibration_data" / "smartcam" / "photos.json").read_text())
+    assert len(shipped) == len(catalogue)
+    for record in shipped:
+        key, path, label, desc = by_slug[record["file"].split("/")[1].split(".")[0].split("_", 1)[1]]
+        assert (record["package"], record["version"], record["registry"]) == \
+            (sources[key]["package"], sources[key]["version"], sources[key]["registry"])
+        assert record["source_path"] == path.split("!")[-1] or record["source_path"] == path
+        assert record["label"] == (prompts[labels[label]] if label else None) and record["description"] == desc

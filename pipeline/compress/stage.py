@@ -2,8 +2,8 @@
 
 Low-rank and structured steps change the architecture, so the artifact records the structure it applied, in
 order: [layer, rank] per factorization, ["@shapes", {tensor: shape}] per structured step. `replay_structure`
-rebuilds it on a freshly constructed model before its state dict is loaded (`pipeline.load.load_torch` does this
-for every compressed artifact). A distill step trains the compressed model against the uncompressed one (the
+rebuilds it on a freshly constructed model before its state dict is loaded (`pipeline.torchmodel.load_torch` does
+this for every compressed artifact). A distill step trains the compressed model against the uncompressed one (the
 stage's input), so every export inherits the recovered weights."""
 from __future__ import annotations
 
@@ -119,22 +119,6 @@ def _distill(module, step, data: RecipeData) -> dict:
                    eval_inputs=data.eval_inputs)
 
 
-def replay_structure(module, structure: list[list]) -> None:
-    """What it does: a freshly constructed module + recorded structure -> the same architecture (weights are
-    placeholders until the compressed state dict is loaded)."""
-    from .lowrank import factorize
-    from .structured import resize_to
-
-    for name, value in structure:
-        if name == "@shapes":
-            resize_to(module, value)
-            continue
-        modules = dict(module.named_modules())
-        pair, _ = factorize(modules[name], int(value))
-        parent, _, attr = name.rpartition(".")
-        setattr(modules[parent] if parent else module, attr, pair)
-
-
 def changed_children(before: dict, after: dict) -> set[str]:
     """What it does: state dicts before/after a recipe -> the top-level child names whose tensors changed (in shape,
     value, or which keys exist: a factorized layer renames its weights)."""
@@ -166,7 +150,7 @@ class Compress(Stage):
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         import torch
 
-        from ..load import import_factory, load_torch
+        from ..torchmodel import import_factory, load_torch
         from .structured import count_macs
 
         factory = import_factory(ctx.release.model.factory)

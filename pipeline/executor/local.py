@@ -1,7 +1,7 @@
 """Local process pool: stage units -> artifacts, run in N worker processes (spawned, one per core by default).
 
 Each worker is a long-lived Python process that imports the toolchains once and runs units one at a time; its
-progress bars are forwarded to this process. A worker that dies (a native crash, an OOM kill) fails only the
+progress bars and log records are forwarded to this process. A worker that dies (a native crash, an OOM kill) fails only the
 unit it was running, with the signal named, and is replaced. Exclusive units (latency measurements) start only
 when no other unit runs or waits, and nothing else starts while they run, so timings are taken on a quiet CPU.
 """
@@ -12,11 +12,12 @@ import multiprocessing
 import pickle
 import signal
 import threading
-import traceback
 from collections import deque
 from concurrent.futures import Future
 
-from ..errors import StageError
+from .. import logs
+from ..errors import StageError, exit_status, portable
+from ..progress import ForwardProgress, apply_event
 from .unit import StageUnit, execute_unit
 
 
@@ -24,65 +25,12 @@ class WorkerCrash(StageError):
     """A worker process died while running a unit."""
 
 
-def _signal_name(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "no exit status"
-    if exitcode < 0:
-        try:
-            return signal.Signals(-exitcode).name
-        except ValueError:
-            return f"signal {-exitcode}"
-    return f"exit code {exitcode}"
-
-
-class _RemoteProgress:
-    """Worker side of a progress sink: task events go to the parent over the unit's connection."""
-
-    enabled = True
-
-    def __init__(self, conn):
-        self._conn = conn
-        self._next = 0
-
-    def task(self, description: str, total: int | None):
-        self._next += 1
-        return _RemoteTask(self._conn, self._next, description, total)
-
-
-class _RemoteTask:
-    def __init__(self, conn, tid: int, description: str, total: int | None):
-        self._conn, self._tid = conn, tid
-        conn.send(("progress", "start", tid, description, total))
-
-    def advance(self, n: int = 1) -> None:
-        self._conn.send(("progress", "advance", self._tid, n))
-
-    def close(self) -> None:
-        self._conn.send(("progress", "close", self._tid))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _portable(err: BaseException) -> BaseException:
-    """What it does: an exception raised in a worker -> one that survives pickling (same class when it can),
-    carrying the worker's traceback as a note."""
-    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    try:
-        copy = pickle.loads(pickle.dumps(err))
-    except Exception:  # noqa: BLE001 - any exception type may fail to pickle; keep its line
-        copy = StageError(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-    copy.add_note(f"worker traceback:\n{text}")
-    return copy
-
-
-def _worker_main(conn) -> None:
+def _worker_main(conn, levels: tuple[int, int]) -> None:
     """Worker process: receive units until None (or the parent goes away), answer ("ok", artifact) or
-    ("err", exception)."""
+    ("err", exception); log records (at the parent's levels: toolchains, edgepipe) and progress events go to the
+    parent meanwhile, all sent from this one thread."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
+    logs.forward(conn.send, levels[0], edgepipe=levels[1])
     while True:
         try:
             unit = conn.recv()
@@ -91,9 +39,9 @@ def _worker_main(conn) -> None:
         if unit is None:
             return
         try:
-            art = execute_unit(unit, _RemoteProgress(conn))
+            art = execute_unit(unit, ForwardProgress(conn.send))
         except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent
-            conn.send(("err", _portable(err)))
+            conn.send(("err", portable(err, "worker")))
         else:
             conn.send(("ok", art))
 
@@ -101,7 +49,8 @@ def _worker_main(conn) -> None:
 class _Worker:
     def __init__(self, mp):
         self.conn, child = mp.Pipe()
-        self.proc = mp.Process(target=_worker_main, args=(child,), name="edgepipe-worker")
+        levels = (logs.toolchain_level(), logs.edgepipe_level())
+        self.proc = mp.Process(target=_worker_main, args=(child, levels), name="edgepipe-worker")
         self.proc.start()
         child.close()
 
@@ -118,9 +67,11 @@ class _Worker:
                 except (EOFError, OSError):
                     self.proc.join(10)
                     raise WorkerCrash(f"stage {unit.name} ({unit.label}) crashed its worker process "
-                                      f"({_signal_name(self.proc.exitcode)})") from None
+                                      f"({exit_status(self.proc.exitcode)})") from None
                 if msg[0] == "progress":
-                    _apply_progress(progress, tasks, msg[1:])
+                    apply_event(progress, tasks, msg[1:])
+                elif msg[0] == "log":
+                    logs.reemit(msg[1])
                 elif msg[0] == "ok":
                     return msg[1]
                 else:
@@ -142,16 +93,6 @@ class _Worker:
             self.proc.kill()
             self.proc.join()
         self.conn.close()
-
-
-def _apply_progress(progress, tasks: dict, event: tuple) -> None:
-    op, tid = event[0], event[1]
-    if op == "start":
-        tasks[tid] = progress.task(event[2], event[3])
-    elif op == "advance" and tid in tasks:
-        tasks[tid].advance(event[2])
-    elif op == "close" and tid in tasks:
-        tasks.pop(tid).close()
 
 
 class LocalExecutor:

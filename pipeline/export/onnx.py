@@ -1,16 +1,17 @@
 """ONNX branch: torch fp32 artifact -> checked/slimmed ONNX fp32 -> static int8 QDQ calibrated per target.
 
-onnx, onnxruntime and onnxslim are imported inside the stages only.
+onnx, onnxruntime and onnxslim are imported inside the stages only; onnxruntime's quantizers run in a toolchain child
+process (pipeline/export/child.py).
 """
 from __future__ import annotations
 
-import logging
 import warnings
 
 from ..artifact import Artifact
 from ..errors import StageError
 from . import keep_float_in_component, keep_float_patterns, quantizer_key, record_applied, symmetric_int8
 from ..stages import Stage, StageContext
+from .child import run_stage_child, stage_job
 
 
 def op_histogram(model) -> dict[str, int]:
@@ -39,7 +40,7 @@ class ExportOnnx(Stage):
     def _module_and_example(artifact: Artifact, ctx: StageContext):
         """What it does: torch artifact + ctx.component -> (module to export, example inputs): the whole model or
         the component's torch view, on ctx.example_inputs()."""
-        from ..load import import_factory, load_torch, torch_inputs
+        from ..torchmodel import import_factory, load_torch, torch_inputs
 
         factory = import_factory(ctx.release.model.factory)
         module = load_torch(artifact, factory, ctx.release.model.params)
@@ -83,6 +84,14 @@ class ExportOnnx(Stage):
                 "slimmed": slimmed, "ops": op_histogram(model)}
         return ctx.artifact("onnx", component=ctx.component, precision="fp32", meta=meta,
                             main_file="model.onnx")
+
+
+def default_op_types(target) -> set[str]:
+    """What it does: a target -> the ONNX op types quantize_static touches when op_types is not set (its default
+    op_types_to_quantize: every op of onnxruntime's QDQ and QLinear registries)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return set(QDQRegistry) | set(QLinearOpsRegistry)
 
 
 def _keep_float_nodes(model, patterns: list[str]) -> list[str]:
@@ -174,15 +183,11 @@ def weight_only_int8(model, nodes: set[str]) -> list[str]:
 
 
 def _ort_quantize(what: str, call) -> None:
-    """Runs one onnxruntime quantizer call: its failure becomes one StageError line, and the advice ORT logs to
-    the root logger is muted (our report says what matters)."""
-    logging.disable(logging.WARNING)
+    """Runs one onnxruntime quantizer call (in the quantize_onnx child): its failure becomes one StageError line."""
     try:
         call()
     except Exception as err:
         raise StageError(f"onnxruntime {what} failed: {type(err).__name__}: {str(err).splitlines()[0]}") from err
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def _reload(out_path, excluded: list[str], ctx: StageContext):
@@ -295,8 +300,7 @@ def _quantize_dynamic(model, excluded: list[str], patterns: list[str], ctx: Stag
             "activations": "dynamic", "io_quantization": io_quantization(qmodel),
             "quantized_weights": ops.get("MatMulInteger", 0) + ops.get("MatMulNBits", 0) > 0,
             "calibration": {"method": "none (activations quantized at run time)", "samples": 0}}
-    record_applied(ctx, meta, patterns)
-    return ctx.artifact("onnx", component=artifact.component, precision="int8", meta=meta, main_file="model.onnx")
+    return record_applied(ctx, meta, patterns)
 
 
 class _Reader:
@@ -329,38 +333,47 @@ class QuantizeOnnx(Stage):
         return quantizer_key(ctx)
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
-        import onnx
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-        q, c = ctx.target.quantization, ctx.target.calibration
-        calib = ctx.calibration
-        model = onnx.load(str(artifact.main_file))
-        patterns = keep_float_in_component(ctx, keep_float_patterns(ctx), (n.name for n in model.graph.node),
-                                           (n.op_type for n in model.graph.node))
-        excluded = _keep_float_nodes(model, patterns)
-        if q.activations == "dynamic":
-            return _quantize_dynamic(model, excluded, patterns, ctx, artifact)
-        qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-        method = {"minmax": CalibrationMethod.MinMax, "toolchain_default": CalibrationMethod.MinMax,
-                  "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[c.method]
-        extra = {"ActivationSymmetric": q.symmetric_activations, "WeightSymmetric": q.symmetric_weights}
-        if c.method == "percentile":
-            extra["CalibPercentile"] = c.percentile
-        out_path = ctx.workdir / "model.onnx"
-        with ctx.progress.task(f"calibrate {c.method} x{len(calib)}", len(calib)) as task:
-            _ort_quantize("quantize_static", lambda: quantize_static(
-                str(artifact.main_file), str(out_path), _Reader(calib, task), quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=q.op_types, per_channel=q.per_channel,
-                activation_type=qtype[q.activation_type], weight_type=qtype[q.weight_type],
-                nodes_to_exclude=excluded, calibrate_method=method, extra_options=extra))
-        qmodel, weight_only = _reload(out_path, excluded, ctx)
-        ops = op_histogram(qmodel)
-        meta = {"ops": ops, "nodes": len(qmodel.graph.node), "kept_float_nodes": excluded,
-                "weight_only_int8_nodes": weight_only,
-                "io_quantization": io_quantization(qmodel),
-                "quantized_weights": ops.get("DequantizeLinear", 0) > 0,
-                "calibration": {"method": c.method, "samples": len(calib)}}
-        record_applied(ctx, meta, patterns)
+        # onnxruntime's quantizers log through the root logger (logging.warning: the first call would also give the
+        # root logger a handler): they run in a child process, whose root records arrive as onnxruntime.quantization.
+        meta = run_stage_child("pipeline.export.onnx:quantize_in_child", artifact, ctx, what="onnxruntime quantizer",
+                               log_name="onnxruntime.quantization")
         return ctx.artifact("onnx", component=artifact.component, precision="int8", meta=meta,
                             main_file="model.onnx")
+
+
+def quantize_in_child(job, progress) -> dict:
+    """Child side of quantize_onnx: (fp32 ONNX artifact, ctx) -> int8 model.onnx in ctx.workdir; returns its meta."""
+    artifact, ctx = stage_job(job, progress)
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    q, c = ctx.target.quantization, ctx.target.calibration
+    calib = ctx.calibration
+    model = onnx.load(str(artifact.main_file))
+    patterns = keep_float_in_component(ctx, keep_float_patterns(ctx), (n.name for n in model.graph.node),
+                                       (n.op_type for n in model.graph.node))
+    excluded = _keep_float_nodes(model, patterns)
+    if q.activations == "dynamic":
+        return _quantize_dynamic(model, excluded, patterns, ctx, artifact)
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    method = {"minmax": CalibrationMethod.MinMax, "toolchain_default": CalibrationMethod.MinMax,
+              "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[c.method]
+    extra = {"ActivationSymmetric": q.symmetric_activations, "WeightSymmetric": q.symmetric_weights}
+    if c.method == "percentile":
+        extra["CalibPercentile"] = c.percentile
+    out_path = ctx.workdir / "model.onnx"
+    with ctx.progress.task(f"calibrate {c.method} x{len(calib)}", len(calib)) as task:
+        _ort_quantize("quantize_static", lambda: quantize_static(
+            str(artifact.main_file), str(out_path), _Reader(calib, task), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=q.op_types, per_channel=q.per_channel,
+            activation_type=qtype[q.activation_type], weight_type=qtype[q.weight_type],
+            nodes_to_exclude=excluded, calibrate_method=method, extra_options=extra))
+    qmodel, weight_only = _reload(out_path, excluded, ctx)
+    ops = op_histogram(qmodel)
+    meta = {"ops": ops, "nodes": len(qmodel.graph.node), "kept_float_nodes": excluded,
+            "weight_only_int8_nodes": weight_only,
+            "io_quantization": io_quantization(qmodel),
+            "quantized_weights": ops.get("DequantizeLinear", 0) > 0,
+            "calibration": {"method": c.method, "samples": len(calib)}}
+    return record_applied(ctx, meta, patterns)

@@ -1,46 +1,29 @@
 """OpenVINO branch: ONNX fp32 artifact -> OpenVINO IR (fp32, or fp16-compressed weights) -> NNCF int8 IR per target.
 
-openvino and nncf are imported inside the stages only. Both precision defaults are set on purpose and recorded:
+openvino and nncf are imported inside toolchain child processes only (pipeline/export/child.py), whose environment
+turns their telemetry off (OPENVINO_ENV). Both precision defaults are set on purpose and recorded:
 `openvino.save_model` would silently store fp16 weights, and the runtime side (targets/agent.py) pins the CPU
 plugin's inference precision to f32.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import os
 from pathlib import Path
 
 from ..artifact import Artifact
 from ..errors import StageError
 from ..stages import Stage, StageContext
 from . import keep_float_in_component, keep_float_patterns, quantizer_key, record_applied
+from .child import run_stage_child, stage_job
 
 # Ops that are graph plumbing, not computation: never candidates for keep_float matching by name prefix.
 _STRUCTURAL_OPS = ("Parameter", "Result", "Constant")
 
 
-@contextlib.contextmanager
-def _no_telemetry():
-    """Keep OpenVINO's and NNCF's usage telemetry from trying the network.
-
-    Both send events unless a consent file under ~/intel says no (we must not write there). openvino_telemetry
-    declines when CI=true, and NNCF swaps in a stub when NNCF_CI is set; each decides once per process, when
-    first used (nncf import, convert_model), and in a build that first use is inside this block. The variables
-    are restored afterwards so child processes and other tools see the user's environment.
-    """
-    saved = {k: os.environ.get(k) for k in ("CI", "NNCF_CI")}
-    os.environ["CI"] = "true"
-    os.environ["NNCF_CI"] = "1"
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+# The OpenVINO children's environment only: OpenVINO's and NNCF's usage telemetry would otherwise send events (no
+# consent file under ~/intel, which we must not write, counts as consent). openvino_telemetry declines when CI=true
+# (its OptInChecker._run_in_ci), NNCF swaps in a stub when NNCF_CI is set (nncf.definitions.NNCF_CI_ENV_VAR_NAME,
+# "must be set in CI environments"); both decide once per process, at first use.
+OPENVINO_ENV = {"CI": "true", "NNCF_CI": "1"}
 
 
 def int8_constants(model) -> int:
@@ -84,20 +67,27 @@ class ConvertOpenvino(Stage):
         return {"compress_to_fp16": _wants_fp16(ctx)}
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
-        import openvino as ov
-
         compress = _wants_fp16(ctx)
-        try:
-            with _no_telemetry():
-                model = ov.convert_model(str(artifact.main_file))
-        except Exception as err:
-            raise StageError(f"openvino.convert_model failed on {artifact.main_file.name}: {_one_line(err)}") from err
-        _check_io(model, ctx)
-        saved = _save(ov, model, ctx.workdir / "model.xml", compress)
-        meta = {"ops": op_histogram(saved), "nodes": len(saved.get_ordered_ops()), "compress_to_fp16": compress,
-                "weights": "fp16" if compress else "fp32"}
+        meta = run_stage_child("pipeline.export.openvino:convert_in_child", artifact, ctx, what="openvino.convert_model",
+                               log_name="openvino", env=OPENVINO_ENV)
         return ctx.artifact("openvino", component=artifact.component, precision="fp16" if compress else "fp32",
                             meta=meta, main_file="model.xml")
+
+
+def convert_in_child(job, progress) -> dict:
+    """Child side of convert_openvino: (ONNX artifact, ctx) -> model.xml/.bin in ctx.workdir; returns its meta."""
+    import openvino as ov
+
+    artifact, ctx = stage_job(job, progress)
+    compress = _wants_fp16(ctx)
+    try:
+        model = ov.convert_model(str(artifact.main_file))
+    except Exception as err:
+        raise StageError(f"openvino.convert_model failed on {artifact.main_file.name}: {_one_line(err)}") from err
+    _check_io(model, ctx)
+    saved = _save(ov, model, ctx.workdir / "model.xml", compress)
+    return {"ops": op_histogram(saved), "nodes": len(saved.get_ordered_ops()), "compress_to_fp16": compress,
+            "weights": "fp16" if compress else "fp32"}
 
 
 def _wants_fp16(ctx: StageContext) -> bool:
@@ -232,18 +222,6 @@ def _input_names(model, ctx: StageContext) -> dict[str, str]:
     return out
 
 
-@contextlib.contextmanager
-def _quiet_nncf(nncf_logger):
-    """NNCF logs INFO lines and draws rich progress bars on stdout; the runner reports progress itself."""
-    level = nncf_logger.level
-    nncf_logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        nncf_logger.setLevel(level)
-
-
 # QuantizationConfig fields that belong to the ONNX/TFLite quantizers. NNCF decides these itself (its preset
 # picks activation symmetry, the plugin picks u8/i8 per tensor), so a profile that sets one explicitly to a value
 # NNCF would not use is refused rather than silently ignored.
@@ -318,60 +296,65 @@ class QuantizeOpenvino(Stage):
         return quantizer_key(ctx)
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
-        import openvino as ov
-
-        with _no_telemetry():
-            import nncf
-            from nncf.common.logging import nncf_logger
-
-        q, calib = ctx.target.quantization, ctx.calibration
+        q = ctx.target.quantization
         _check_supported(q, ctx.target.calibration)
         if q.overflow_fix == "disable" and ctx.target.transport.kind == "local" and not host_has_vnni():
             raise StageError(f"target '{ctx.target.name}': quantization.overflow_fix 'disable' needs a CPU with VNNI "
                              "(avx512_vnni, avx_vnni or amx_int8); this host has none, so u8*s8 sums could saturate: "
                              "use 'first_layer'")
-        model = ov.Core().read_model(str(artifact.main_file))
-        patterns = keep_float_in_component(ctx, keep_float_patterns(ctx),
-                                           [op.get_friendly_name() for op in model.get_ordered_ops()],
-                                           [op.get_type_name() for op in model.get_ordered_ops()])
-        names, types, kept = _keep_float_scope(model, patterns)
-        # Not model.keep_float: a runtime workaround, recorded on its own (and in kept_float_nodes, as they are float).
-        hazards = [n for n in snippets_mlp_hazards(model) if n not in names and "MatMul" not in types]
-        if hazards:
-            names, kept = sorted(set(names) | set(hazards)), sorted(set(kept) | set(hazards))
-        if ctx.target.calibration.method == "toolchain_default":
-            # Baseline for benchmarks: nncf.quantize exactly as a user calls it without settings.
-            kwargs, record = {"subset_size": len(calib)}, {"nncf_defaults": True, "subset_size": len(calib)}
-        else:
-            kwargs, record = _nncf_settings(nncf, q, len(calib))
-        if names or types:
-            kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, types=types)
-        feeds = _input_names(model, ctx)
-        try:
-            with ctx.progress.task(f"calibrate nncf x{len(calib)}", len(calib)) as task, _quiet_nncf(nncf_logger):
-                qmodel = nncf.quantize(model, nncf.Dataset(_Feeds(calib, feeds, task)), **kwargs)
-        except Exception as err:
-            raise StageError(f"nncf.quantize failed: {_one_line(err)}") from err
-        weight_only = None
-        if ctx.release.model.kept_float_weights == "int8":
-            # weight-only int8 for what stayed float; the Snippets-hazard MatMuls keep float weights (their bug
-            # is about int8 weights in a MatMul chain, so they are left exactly as they are)
-            try:
-                with _quiet_nncf(nncf_logger):
-                    qmodel = nncf.compress_weights(qmodel, mode=nncf.CompressWeightsMode.INT8_SYM,
-                                                   ignored_scope=nncf.IgnoredScope(names=hazards, validate=False))
-            except Exception as err:
-                raise StageError(f"nncf.compress_weights failed: {_one_line(err)}") from err
-            weight_only = "nncf.compress_weights INT8_SYM (per output channel) on the layers kept float"
-        # int8 weights are already small; fp16 compression would only touch the float parts kept by keep_float.
-        saved = _save(ov, qmodel, ctx.workdir / "model.xml", compress_to_fp16=False)
-        ops = op_histogram(saved)
-        meta = {"ops": ops, "nodes": len(saved.get_ordered_ops()), "compress_to_fp16": False,
-                "kept_float_nodes": kept, "ignored_scope": {"names": names, "types": types},
-                "runtime_workaround_float_nodes": hazards, "kept_float_weights": weight_only or "float32",
-                "nncf": record, "int8_weight_constants": int8_constants(saved),
-                "quantized_weights": int8_constants(saved) > 0,
-                "calibration": {"method": ctx.target.calibration.method, "tool": "nncf", "samples": len(calib)}}
-        record_applied(ctx, meta, patterns)
+        # NNCF logs INFO lines and draws progress bars on stdout: in the child they go to its log file.
+        meta = run_stage_child("pipeline.export.openvino:quantize_in_child", artifact, ctx, what="nncf",
+                               log_name="nncf", env=OPENVINO_ENV)
         return ctx.artifact("openvino", component=artifact.component, precision="int8", meta=meta,
                             main_file="model.xml")
+
+
+def quantize_in_child(job, progress) -> dict:
+    """Child side of quantize_openvino: (fp32 IR artifact, ctx) -> int8 model.xml/.bin in ctx.workdir; its meta."""
+    import nncf
+    import openvino as ov
+
+    artifact, ctx = stage_job(job, progress)
+    q, calib = ctx.target.quantization, ctx.calibration
+    model = ov.Core().read_model(str(artifact.main_file))
+    patterns = keep_float_in_component(ctx, keep_float_patterns(ctx),
+                                       [op.get_friendly_name() for op in model.get_ordered_ops()],
+                                       [op.get_type_name() for op in model.get_ordered_ops()])
+    names, types, kept = _keep_float_scope(model, patterns)
+    # Not model.keep_float: a runtime workaround, recorded on its own (and in kept_float_nodes, as they are float).
+    hazards = [n for n in snippets_mlp_hazards(model) if n not in names and "MatMul" not in types]
+    if hazards:
+        names, kept = sorted(set(names) | set(hazards)), sorted(set(kept) | set(hazards))
+    if ctx.target.calibration.method == "toolchain_default":
+        # Baseline for benchmarks: nncf.quantize exactly as a user calls it without settings.
+        kwargs, record = {"subset_size": len(calib)}, {"nncf_defaults": True, "subset_size": len(calib)}
+    else:
+        kwargs, record = _nncf_settings(nncf, q, len(calib))
+    if names or types:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, types=types)
+    feeds = _input_names(model, ctx)
+    try:
+        with ctx.progress.task(f"calibrate nncf x{len(calib)}", len(calib)) as task:
+            qmodel = nncf.quantize(model, nncf.Dataset(_Feeds(calib, feeds, task)), **kwargs)
+    except Exception as err:
+        raise StageError(f"nncf.quantize failed: {_one_line(err)}") from err
+    weight_only = None
+    if ctx.release.model.kept_float_weights == "int8":
+        # weight-only int8 for what stayed float; the Snippets-hazard MatMuls keep float weights (their bug
+        # is about int8 weights in a MatMul chain, so they are left exactly as they are)
+        try:
+            qmodel = nncf.compress_weights(qmodel, mode=nncf.CompressWeightsMode.INT8_SYM,
+                                           ignored_scope=nncf.IgnoredScope(names=hazards, validate=False))
+        except Exception as err:
+            raise StageError(f"nncf.compress_weights failed: {_one_line(err)}") from err
+        weight_only = "nncf.compress_weights INT8_SYM (per output channel) on the layers kept float"
+    # int8 weights are already small; fp16 compression would only touch the float parts kept by keep_float.
+    saved = _save(ov, qmodel, ctx.workdir / "model.xml", compress_to_fp16=False)
+    ops = op_histogram(saved)
+    meta = {"ops": ops, "nodes": len(saved.get_ordered_ops()), "compress_to_fp16": False,
+            "kept_float_nodes": kept, "ignored_scope": {"names": names, "types": types},
+            "runtime_workaround_float_nodes": hazards, "kept_float_weights": weight_only or "float32",
+            "nncf": record, "int8_weight_constants": int8_constants(saved),
+            "quantized_weights": int8_constants(saved) > 0,
+            "calibration": {"method": ctx.target.calibration.method, "tool": "nncf", "samples": len(calib)}}
+    return record_applied(ctx, meta, patterns)
