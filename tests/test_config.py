@@ -96,10 +96,6 @@ def test_schema_files_are_current():
         assert json.loads(path.read_text()) == schema, f"run python tools/write_schemas.py ({path} is stale)"
 
 
-def test_default_release_path_exists():
-    assert DEFAULT_RELEASE.is_file()
-
-
 def test_dynamic_activations_fit_only_onnx_and_tflite():
     from pipeline.config import TargetProfile
 

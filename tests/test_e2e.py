@@ -6,6 +6,9 @@ import json
 import shutil
 
 import pytest
+import yaml
+
+from pipeline.bundle import verify_bundle
 
 from .conftest import REPO, run_cli, write_release
 
@@ -31,8 +34,14 @@ def test_default_build_publishes_every_target(default_build):
     assert [t["target"] for t in index["targets"]] == list(TARGETS)
     assert all(t["status"] == "passed" for t in index["targets"]), index["targets"]
     for target in TARGETS:
-        assert (release / f"{target}.tar.gz").is_file() and (release / target / "manifest.json").is_file()
-    assert (release / "report.html").is_file() and (release / "release.resolved.yaml").is_file()
+        # every tarball checks against its own manifest (hashes, file list), and carries that target's manifest
+        manifest = json.loads((release / target / "manifest.json").read_text())
+        checked = verify_bundle(release / f"{target}.tar.gz", run_golden=False)
+        assert manifest["target"] == target and checked["files_checked"] == len(manifest["files"])
+    report = (release / "report.html").read_text()
+    assert all(target in report for target in TARGETS) and "</html>" in report
+    resolved = yaml.safe_load((release / "release.resolved.yaml").read_text())
+    assert resolved["release"]["targets"] == list(TARGETS) and resolved["release"]["release"] == RELEASE
     for column in ("target", "format", "precision", "size", "accuracy", "agreement", "p50 ms", "p90 ms", "status"):
         assert column in proc.stdout
     computed = [s for s in index["stages"] if s["stage"] == "export_onnx" and not s["cached"]]

@@ -39,3 +39,12 @@ def test_help_is_light():
 def test_plan_is_light():
     code = "from pipeline.cli import main\nassert main(['plan']) == 0"
     assert _imported(code) == []
+
+
+def test_reading_every_stage_registry_entry_is_light():
+    """The plan reads each stage's class facts (consumes, produces, requires) before anything runs: every stage
+    module must import without a framework, and every registered stage must resolve (no skip on ImportError)."""
+    code = ("from pipeline.stages import STAGES, stage_class_info\n"
+            "infos = {n: stage_class_info(n) for n in STAGES}\n"
+            "assert all(i['produces'] and i['version'] >= 1 for i in infos.values()), infos")
+    assert _imported(code) == []

@@ -133,7 +133,7 @@ def test_ranking_names_the_log_mel_front_end_first(bare_state):
     # onnxruntime's QDQ leaves Log float and reshapes cost nothing: neither is a candidate for an ONNX target
     assert f"{LOGMEL}Log" not in names and not any(r["op_type"] in ("Unsqueeze", "Slice") for r in rows)
     assert [r["cost"] for r in rows] == sorted((r["cost"] for r in rows), reverse=True)
-    assert meta["all_candidates"]["cost"] > 0 and meta["seconds"] > 0
+    assert meta["all_candidates"]["cost"] > 0
 
 
 def test_ranking_skips_what_keep_float_already_keeps(tiny_build):
