@@ -152,6 +152,8 @@ def _components_manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
         "verification": ver, "latency": result.latency(),
         "golden": {"dir": "golden", "atol": profile.gates.golden_atol, "rtol": profile.gates.golden_rtol},
         "device": _device(result),
+        "device_settings": list(getattr(result, "device_settings", None) or []),
+        "runtime_options": dict(sorted(profile.runtime_options.items())),
     }
 
 
@@ -188,6 +190,8 @@ def _fused_manifest_for(ctx: dict, files: dict[str, dict]) -> dict:
         "latency": result.profile.meta if result.profile is not None else None,
         "golden": {"dir": "golden", "atol": profile.gates.golden_atol, "rtol": profile.gates.golden_rtol},
         "device": _device(result),
+        "device_settings": list(getattr(result, "device_settings", None) or []),
+        "runtime_options": dict(sorted(profile.runtime_options.items())),
     }
 
 
@@ -457,22 +461,23 @@ def run_golden_vectors(bundle: Path, manifest: dict) -> dict:
     """What it does: a bundle dir + manifest -> golden check report; a components bundle checks each component's
     model file against its own golden dir and reports the totals and each part."""
     if manifest.get("components"):
-        parts = {name: _golden_of(bundle, part["main_file"], manifest["format"], part["golden"])
+        parts = {name: _golden_of(bundle, part["main_file"], manifest["format"], part["golden"],
+                                  manifest.get("runtime_options"))
                  for name, part in manifest["components"]["parts"].items()}
         return {"checked": sum(p["checked"] for p in parts.values()),
                 "passed": sum(p["passed"] for p in parts.values()), "components": parts}
     model_file = next((f for f in manifest["model_files"] if not f.endswith(".bin")), None)
     if model_file is None:
         raise BundleError(f"{bundle}: the manifest lists no model file")
-    return _golden_of(bundle, model_file, manifest["format"], "golden")
+    return _golden_of(bundle, model_file, manifest["format"], "golden", manifest.get("runtime_options"))
 
 
-def _golden_of(bundle: Path, model_file: str, fmt: str, golden_dir: str) -> dict:
+def _golden_of(bundle: Path, model_file: str, fmt: str, golden_dir: str, options: dict | None = None) -> dict:
     """What it does: one model file + its golden dir in a bundle -> check_golden report; BundleError on failure."""
     from targets.agent import check_golden, load_golden, open_model
 
     try:
-        session = open_model(str(bundle / model_file), fmt, 1)
+        session = open_model(str(bundle / model_file), fmt, 1, options or None)
         result = check_golden(session, load_golden(str(bundle / golden_dir)))
     except BundleError:
         raise

@@ -35,6 +35,8 @@ class Profile(Stage):
             cfg["component"] = ctx.component
         if ctx.device is not None:  # a measurement belongs to the device it was taken on
             cfg["device"] = ctx.device.identity(ctx.target.runtime)
+        if ctx.target.runtime_options:
+            cfg["runtime_options"] = dict(sorted(ctx.target.runtime_options.items()))
         return cfg
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
@@ -52,6 +54,8 @@ class Profile(Stage):
                 model_file = f"{model_dir}/{artifact.meta['main_file']}"
                 args = ["--model", model_file, "--format", FORMAT_OF_KIND[artifact.kind], "--threads", str(b.threads),
                         "--warmup", str(b.warmup), "--iterations", str(b.iterations), "--golden", golden_dir]
+                for key, value in sorted(ctx.target.runtime_options.items()):
+                    args += ["--option", f"{key}={value}"]
                 with ctx.progress.task(f"profile {ctx.target.name} ({b.iterations} runs)", None):
                     result = run_agent(transport, args, timeout_s=b.timeout_s, threads=b.threads)
         except TransportError as err:

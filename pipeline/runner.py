@@ -6,6 +6,7 @@ a stage or gate failure fails only its target.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,6 +55,7 @@ class TargetResult:
     components: dict[str, dict] = field(default_factory=dict)
     sensitivity: dict | None = None  # quantization.sensitivity: ranking, gate failure, layers kept float (fallback.py)
     device: object | None = None  # DeviceFacts of the target's device, read before any of its stages
+    device_settings: list[dict] = field(default_factory=list)  # settings resolved from the device, with reasons
 
     def models(self) -> dict[str, Artifact]:
         """What it does: a result -> its final model artifact(s) by component ("model" for a fused graph)."""
@@ -224,6 +226,8 @@ class Runner:
                   deps: dict[str, Artifact] | None = None, component: str = "model", release=None,
                   device=None) -> Artifact:
         stage = get_stage(name)
+        if profile is not None and profile.precision == "int8":  # device-dependent settings, resolved once more
+            profile, device = self._for_device(state, profile, device)  # (idempotent) for stages run on their own
         iospec = state.iospec if component == "model" else state.components[component].iospec
         ctx = StageContext(release=release or state.plan.release, base_dir=state.plan.base_dir, iospec=iospec,
                            dataset=state.dataset, progress=self.progress, target=profile, calibration=calibration,
@@ -397,9 +401,9 @@ class Runner:
     def run_components_target(self, state: BuildState, result: TargetResult) -> None:
         """What it does: one target in components mode -> per-component chains, an end-to-end verification and
         per-component profiles; a failure fails only this target."""
-        tp = result.plan
         with _target_failures(result):
             self.read_device(state, result)
+            tp = result.plan  # with the settings its device resolved
             for cname, comp in state.components.items():
                 art = state.torch_model
                 lineage = list(getattr(state, "torch_lineage", None) or [art])
@@ -451,6 +455,40 @@ class Runner:
             self.log(f"  device         {result.plan.name:<22} {result.device.transport}: {result.device.arch} "
                      f"{result.device.cpu_model}, {result.device.cores} cores, int8 {result.device.int8_class}"
                      f"{' (emulated)' if result.device.emulated else ''}")
+            self.resolve_device_settings(result)
+
+    @staticmethod
+    def _for_device(state: BuildState, profile, device):
+        """What it does: an int8 profile (+ its device's facts, read through its transport when not given) -> the
+        profile with its device-dependent settings resolved, and the facts."""
+        from .device_settings import DeviceMismatch, resolve
+        from .devices import device_facts
+
+        if device is None:
+            try:
+                device = device_facts(profile, state.plan.base_dir)
+            except TransportError as err:
+                raise StageError(f"device of target '{profile.name}' not reachable: {err}") from err
+        try:
+            return resolve(profile, device).profile, device
+        except DeviceMismatch as err:
+            raise StageError(f"target '{profile.name}': {err}") from err
+
+    def resolve_device_settings(self, result: TargetResult) -> None:
+        """What it does: a target whose device is known -> result.plan with its profile's device-dependent settings
+        resolved (device_settings.py) and result.device_settings saying which and why; a setting the device cannot
+        honour fails this target with one line."""
+        from .device_settings import DeviceMismatch, resolve
+
+        try:
+            settings = resolve(result.plan.profile, result.device)
+        except DeviceMismatch as err:
+            raise StageError(f"target '{result.plan.name}': {err}") from err
+        result.plan = dataclasses.replace(result.plan, profile=settings.profile)
+        result.device_settings = settings.to_json()
+        for r in settings.resolved:
+            if r.chosen_by == "device":
+                self.log(f"  device         {result.plan.name:<22} {r.setting} = {r.value}: {r.reason}")
 
     @staticmethod
     def _check_ops(art: Artifact, tp: TargetPlan) -> None:
@@ -465,9 +503,9 @@ class Runner:
                    fallback: bool = True) -> None:
         """What it does: a fused target -> its chain, verification, sensitivity fallback (unless `fallback` is off,
         as in the compression study) and profile; `label` names it in the log (default: the target name)."""
-        tp = result.plan
         with _target_failures(result):
             self.read_device(state, result)
+            tp = result.plan  # with the settings its device resolved
             self.run_chain(state, result, tp.profile, label=label)
             if fallback and tp.profile.quantization.sensitivity.enabled:
                 self._sensitivity_fallback(state, result)

@@ -14,6 +14,7 @@ from .formats import FORMAT_NAMES, FORMATS, RUNTIMES
 
 # Checked with fullmatch: `$` would also match before a trailing newline ("tiny\n" -> dist/tiny\n/).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_OPTION_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,127}")
 # numpy's and torch's generators both take every seed in 0 .. 2**32 - 1 (numpy refuses negative ones)
 SEED_MAX = 2**32 - 1
 
@@ -78,10 +79,10 @@ class QuantizationConfig(Strict):
         None, description="NNCF model_type; 'transformer' keeps attention-sensitive ops out of int8")
     bias_correction: Literal["fast", "full", "none"] = Field(
         "fast", description="NNCF bias correction after quantization")
-    overflow_fix: Literal["first_layer", "enable", "disable"] = Field(
-        "first_layer", description="NNCF overflow fix: 7-bit weights (first layer / every layer) so that CPUs "
-                                   "without VNNI cannot saturate u8*s8 sums; 'disable' = full 8-bit weights, for "
-                                   "CPUs with VNNI/AMX only")
+    overflow_fix: Literal["auto", "first_layer", "enable", "disable"] = Field(
+        "auto", description="NNCF overflow fix: 7-bit weights (first layer / every layer) so that CPUs without VNNI "
+                            "cannot saturate u8*s8 sums; 'disable' = full 8-bit weights, for devices with VNNI/AMX "
+                            "or ARM only; 'auto' = 'enable' or 'disable' from the device's int8 arithmetic")
     activations: Literal["static", "dynamic"] = Field(
         "static", description="static = activation ranges calibrated ahead of time (every format); dynamic = weights "
                               "int8 ahead of time, activations quantized per input at run time (ONNX Runtime "
@@ -245,6 +246,10 @@ class TargetProfile(Strict):
     verify_on_device: int = Field(0, ge=0, le=100000, description="eval samples also run on the device and compared "
                                   "with the fp32 reference there (agreement, cosine), besides the golden vectors")
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig, description="latency measurement")
+    runtime_options: dict[str, str] = Field(
+        default_factory=dict, description="options the runtime opens the model with wherever it runs (onnxruntime "
+        "session config entries such as session.x64quantprecision, OpenVINO compile properties); settings that "
+        "depend on the device are added to these when the device is known, and all go into the manifest")
     gates: GatesConfig = Field(default_factory=GatesConfig, description="verification gates")
     ops: OpsConfig = Field(default_factory=OpsConfig, description="op allow/deny lists checked on the artifact")
 
@@ -277,6 +282,15 @@ class TargetProfile(Strict):
         if sens.enabled and sens.samples > self.calibration.samples:
             raise ValueError(f"quantization.sensitivity.samples={sens.samples} exceeds calibration.samples="
                              f"{self.calibration.samples} (the ranking measures on the calibration subset)")
+        return self
+
+    @model_validator(mode="after")
+    def _runtime_options_fit(self):
+        for key in self.runtime_options:
+            if not _OPTION_KEY.fullmatch(key):
+                raise ValueError(f"runtime_options key {key!r} must match {_OPTION_KEY.pattern}")
+        if self.runtime_options and self.runtime not in ("onnxruntime", "openvino"):
+            raise ValueError(f"runtime_options apply to onnxruntime and openvino; runtime '{self.runtime}' takes none")
         return self
 
     @field_validator("name")

@@ -97,6 +97,8 @@ class Verify(Stage):
                "threads": ctx.target.benchmark.threads, "reference": ctx.deps["reference"].sha256}
         if ctx.host is not None:  # outputs computed by this machine's runtime: its CPU and version are part of them
             cfg["verified_on"] = ctx.host.identity(ctx.target.runtime)
+        if ctx.target.runtime_options:  # the session is opened with them (keys without any stay as they were)
+            cfg["runtime_options"] = dict(sorted(ctx.target.runtime_options.items()))
         return cfg
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
@@ -105,7 +107,8 @@ class Verify(Stage):
         ref_art = ctx.deps["reference"]
         fmt = FORMAT_OF_KIND[artifact.kind]
         try:
-            session = open_model(str(artifact.main_file), fmt, ctx.target.benchmark.threads)
+            session = open_model(str(artifact.main_file), fmt, ctx.target.benchmark.threads,
+                                 ctx.target.runtime_options or None)
         except Exception as err:
             raise StageError(f"{fmt} runtime cannot load the artifact: {str(err).splitlines()[0]}") from err
         split = ctx.dataset.split("eval")
@@ -168,13 +171,13 @@ def op_violations(ops: dict[str, int], allowed: list[str] | None, denied: list[s
     return bad
 
 
-def _open_component(art: Artifact, name: str, iospec_outputs: list[str], threads: int):
+def _open_component(art: Artifact, name: str, iospec_outputs: list[str], threads: int, options: dict | None = None):
     """What it does: one component artifact -> (agent session, IOSpec output name -> session output name)."""
     from targets.agent import open_model
 
     fmt = FORMAT_OF_KIND[art.kind]
     try:
-        session = open_model(str(art.main_file), fmt, threads)
+        session = open_model(str(art.main_file), fmt, threads, options or None)
         return session, session.map_outputs(iospec_outputs)
     except Exception as err:
         raise StageError(f"{fmt} runtime cannot load component '{name}': {str(err).splitlines()[0]}") from err
@@ -211,7 +214,8 @@ class VerifyComponents(Stage):
         arts = {n: ctx.deps[f"component.{n}"] for n in cref.meta["components"]}
         threads = ctx.target.benchmark.threads
         specs = {n: _component_spec(cref, n) for n in arts}
-        opened = {n: _open_component(a, n, specs[n][1], threads) for n, a in arts.items()}
+        opened = {n: _open_component(a, n, specs[n][1], threads, ctx.target.runtime_options)
+                  for n, a in arts.items()}
         split = ctx.dataset.split("eval")
         per_component, golden = {}, {}
         for n, art in arts.items():

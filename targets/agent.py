@@ -169,7 +169,7 @@ class OnnxSession(Session):
 
     runtime_name = "onnxruntime"
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, path: str, threads: int, options: dict | None = None) -> None:
         super().__init__()
         ort = _import_runtime("onnxruntime", "onnx")
         opts = ort.SessionOptions()
@@ -177,6 +177,11 @@ class OnnxSession(Session):
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3  # warnings would go to stderr anyway; keep the device log readable
+        for key, value in sorted((options or {}).items()):  # session config entries (e.g. session.x64quantprecision)
+            try:
+                opts.add_session_config_entry(key, str(value))
+            except Exception as exc:
+                raise AgentError(f"onnxruntime refused session option {key}={value}: {_one_line(exc)}") from exc
         try:
             self._sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -189,6 +194,8 @@ class OnnxSession(Session):
             "execution_mode": "sequential",
             "graph_optimization_level": str(opts.graph_optimization_level).rsplit(".", 1)[-1],
         }
+        if options:
+            self.runtime_config["session_config"] = {k: str(v) for k, v in sorted(options.items())}
         self.input_details = [self._detail(i) for i in self._sess.get_inputs()]
         self.output_details = [self._detail(o) for o in self._sess.get_outputs()]
 
@@ -220,12 +227,13 @@ class OpenvinoSession(Session):
 
     runtime_name = "openvino"
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, path: str, threads: int, options: dict | None = None) -> None:
         super().__init__()
         ov = _import_runtime("openvino", "openvino")
         if path.endswith(".xml") and not os.path.isfile(path[:-4] + ".bin"):
             raise AgentError(f"cannot load openvino model {path}: weights file {path[:-4] + '.bin'} is missing")
         config = dict(_OV_HINTS, INFERENCE_NUM_THREADS=threads)
+        config.update({k: str(v) for k, v in (options or {}).items()})  # compile properties, as strings
         try:
             core = ov.Core()
             self._compiled = core.compile_model(core.read_model(path), "CPU", config)
@@ -350,7 +358,9 @@ class TfliteSession(Session):
     inputs of another width (int64 token ids for an int32 input) are cast only when every value fits.
     """
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, path: str, threads: int, options: dict | None = None) -> None:
+        if options:
+            raise AgentError(f"the tflite interpreter takes no runtime options, got {sorted(options)}")
         super().__init__()
         interpreter_cls, self.runtime_name, self.runtime_version = _import_tflite()
         try:
@@ -440,15 +450,16 @@ SESSIONS = {"onnx": OnnxSession, "openvino": OpenvinoSession, "tflite": TfliteSe
 FORMATS = tuple(SESSIONS)
 
 
-def open_model(path: str, fmt: str, threads: int) -> Session:
-    """Load `path` with the runtime for `fmt` using `threads` CPU threads."""
+def open_model(path: str, fmt: str, threads: int, options: dict | None = None) -> Session:
+    """Load `path` with the runtime for `fmt` using `threads` CPU threads and the runtime `options` (onnxruntime
+    session config entries, OpenVINO compile properties) the bundle's manifest names."""
     if fmt not in SESSIONS:
         raise AgentError(f"unknown format '{fmt}'; expected one of {', '.join(FORMATS)}")
     if not isinstance(threads, int) or threads < 1:
         raise AgentError(f"threads must be a positive integer, got {threads!r}")
     if not os.path.isfile(path):
         raise AgentError(f"model file not found: {path}")
-    return SESSIONS[fmt](str(path), threads)
+    return SESSIONS[fmt](str(path), threads, options)
 
 
 # ================================================================ golden vectors
@@ -687,6 +698,16 @@ def _count(minimum: int):
     return parse
 
 
+_OPTION_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,127}")
+
+
+def _option(text: str) -> tuple:
+    key, sep, value = text.partition("=")
+    if not sep or not _OPTION_KEY.fullmatch(key):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY matching {_OPTION_KEY.pattern}, got {text!r}")
+    return key, value
+
+
 def _parse_args(argv) -> argparse.Namespace:
     parser = _Parser(prog="agent.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model file (.onnx, .xml with its .bin, .tflite)")
@@ -694,6 +715,8 @@ def _parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--threads", required=True, type=_count(1), help="CPU threads for the runtime")
     parser.add_argument("--warmup", type=_count(0), default=10, help="untimed runs before timing")
     parser.add_argument("--iterations", type=_count(1), default=50, help="timed runs")
+    parser.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",
+                        help="runtime option (repeatable): onnxruntime session config entry, OpenVINO property")
     parser.add_argument("--golden", required=True, help="golden vector directory (golden.json + NNN/*.npy)")
     parser.add_argument("--timing-sample", type=_count(0), default=0, help="golden sample used for timing")
     return parser.parse_args(argv)
@@ -701,7 +724,7 @@ def _parse_args(argv) -> argparse.Namespace:
 
 def _measure(args: argparse.Namespace) -> tuple:
     start = time.perf_counter_ns()
-    session = open_model(args.model, args.format, args.threads)
+    session = open_model(args.model, args.format, args.threads, dict(args.option))
     load_ms = (time.perf_counter_ns() - start) / 1e6
     golden = load_golden(args.golden)
     if args.timing_sample >= golden.count:

@@ -7,7 +7,6 @@ plugin's inference precision to f32.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from ..artifact import Artifact
 from ..errors import StageError
@@ -242,16 +241,6 @@ def _check_supported(q, c) -> None:
         raise StageError(f"calibration.method '{c.method}' is not available with NNCF here; use 'minmax'")
 
 
-def host_has_vnni() -> bool:
-    """What it does: -> whether this host's CPU has an int8 dot-product instruction (VNNI or AMX), which makes
-    full 8-bit weights safe in the OpenVINO CPU plugin (no u8*s8 pair sums saturating int16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        return False
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
-
-
 def _nncf_settings(nncf, q, samples: int) -> tuple[dict, dict]:
     """Target settings -> (nncf.quantize keyword arguments, the same settings as plain JSON for the manifest)."""
     from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, OverflowFix,
@@ -298,10 +287,8 @@ class QuantizeOpenvino(Stage):
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
         q = ctx.target.quantization
         _check_supported(q, ctx.target.calibration)
-        if q.overflow_fix == "disable" and ctx.target.transport.kind == "local" and not host_has_vnni():
-            raise StageError(f"target '{ctx.target.name}': quantization.overflow_fix 'disable' needs a CPU with VNNI "
-                             "(avx512_vnni, avx_vnni or amx_int8); this host has none, so u8*s8 sums could saturate: "
-                             "use 'first_layer'")
+        if q.overflow_fix == "auto":  # the runner resolves it from the device (pipeline/device_settings.py)
+            raise StageError(f"target '{ctx.target.name}': quantization.overflow_fix 'auto' reached NNCF unresolved")
         # NNCF logs INFO lines and draws progress bars on stdout: in the child they go to its log file.
         meta = run_stage_child("pipeline.export.openvino:quantize_in_child", artifact, ctx, what="nncf",
                                log_name="nncf", env=OPENVINO_ENV)
