@@ -41,12 +41,29 @@ def pytest_make_collect_report(collector):
             report.longrepr = f"module skipped under EDGEPIPE_REQUIRE_ALL=1: {reason}"
 
 
+# One stage cache for every CLI build of the session that does not name its own (--cache-dir or $EDGEPIPE_CACHE):
+# the tiny model is trained, referenced and exported once, not once per test. Tests about the cache itself
+# (damage, kill and resume, reproducibility across caches) pass their own.
+_SHARED_CACHE: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_cli_cache(tmp_path_factory) -> Path:
+    if not _SHARED_CACHE:
+        _SHARED_CACHE.append(tmp_path_factory.mktemp("shared-cache"))
+    return _SHARED_CACHE[0]
+
+
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 900,
             kill_at: str | None = None) -> subprocess.CompletedProcess:
     """`edgepipe ARGS` in a subprocess. kill_at: the build SIGKILLs itself (all its processes) when that stage is
-    about to commit (tests/kill_at_commit/sitecustomize.py); it then runs in a session of its own."""
+    about to commit (tests/kill_at_commit/sitecustomize.py); it then runs in a session of its own. Without
+    --cache-dir in ARGS or EDGEPIPE_CACHE in `env`, the build uses the session's shared cache."""
     full_env = dict(os.environ)
     full_env.pop("EDGEPIPE_DEBUG", None)
+    full_env.pop("EDGEPIPE_CACHE", None)
+    if _SHARED_CACHE and "--cache-dir" not in args:
+        full_env["EDGEPIPE_CACHE"] = str(_SHARED_CACHE[0])
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     if kill_at is not None:
         full_env["PYTHONPATH"] = str(REPO / "tests" / "kill_at_commit") + os.pathsep + full_env["PYTHONPATH"]

@@ -223,16 +223,16 @@ def test_damaged_cache_entries_are_rebuilt(cli, tmp_path):
     import shutil
 
     write_release(tmp_path / "r.yaml", targets=["host-onnx-fp32"], profile=False)
-    first = cli("build", "r.yaml", "--no-progress")
+    first = cli("build", "r.yaml", "--no-progress", "--cache-dir", "own-cache")  # it damages the cache
     assert first.returncode == 0, first.stdout + first.stderr
-    cache = tmp_path / ".edgepipe" / "cache"
+    cache = tmp_path / "own-cache"
     [export] = [p for p in (cache / "export_onnx").iterdir() if not p.name.startswith(".")]
     meta = json.loads((export / "artifact.json").read_text())
     (export / "artifact.json").write_text(json.dumps({**meta, "files": sorted(meta["files"]), "meta": "oops"}))
     [reference] = [p for p in (cache / "reference").iterdir() if not p.name.startswith(".")]
     shutil.rmtree(reference)
     reference.write_text("a stray file where the entry's folder belongs\n")
-    second = cli("build", "r.yaml", "--no-progress")
+    second = cli("build", "r.yaml", "--no-progress", "--cache-dir", "own-cache")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "Traceback" not in second.stderr and "internal error" not in second.stderr
     ran = [line.split()[0] for line in second.stdout.splitlines() if " done " in line]
