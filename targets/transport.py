@@ -7,6 +7,7 @@ too (`LocalTransport`), so host profiling goes through the same path as a remote
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -163,14 +164,15 @@ def reap(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_local(argv: list, cwd, env: dict, timeout_s: float, what: str) -> RunResult:
+def run_local(argv: list, cwd, env: dict, timeout_s: float, what: str, stdin_path=None) -> RunResult:
     """What it does: an argv run on this machine in its own process group -> RunResult; on timeout the whole group
     is killed and TransportError names `what`. Shared by every transport that drives a local program (the
-    command itself, ssh, adb, qemu)."""
+    command itself, ssh, adb, qemu). `stdin_path`: a file fed to its stdin (else /dev/null)."""
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        with open(stdin_path, "rb") if stdin_path is not None else contextlib.nullcontext(subprocess.DEVNULL) as stdin:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         raise TransportError(f"cannot run {argv[0]!r} for {what}: {exc}") from exc
     try:

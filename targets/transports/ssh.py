@@ -1,0 +1,373 @@
+"""SSH transport: a board reached with the system OpenSSH client -> push (scp in SFTP mode) / run (argv, shell-quoted
+for the board's shell, in a process group killed on timeout) / pull / probe, over one ControlMaster connection.
+
+Why the OpenSSH client and not a Python library: it is what users already trust and configure for their boards, it
+brings ControlMaster multiplexing (one handshake for a whole target, so 200 timed runs do not pay one each), strict
+known_hosts checking and key handling for free, and it adds no dependency to edgepipe. Only argv lists are run
+locally; the one string the board's shell sees is built with shlex quoting (targets/transports/posix.py).
+
+Security defaults, none of them configurable away: key-only auth (`BatchMode`, `IdentitiesOnly`, no agent, no
+password prompt), host keys checked against the profile's known_hosts only (`StrictHostKeyChecking=yes`: an
+unknown or changed key is a one-line TransportError, never accepted), `-F none` so no ~/.ssh/config changes what
+a profile says. Each transport gets `<workdir>/run-<random>` on the board, removed on close.
+"""
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import weakref
+from pathlib import Path
+
+from pipeline.errors import TransportError
+
+from ..ssh_loopback import find_program, load_record, setup_loopback  # noqa: F401  (SETUPS names it here)
+from ..transport import RunResult, Transport, check_argv, check_remote_name, run_local
+from .posix import inside, kill_command, wrapped_command
+
+# ssh's own complaints (exit 255) that mean "could not reach the board": worth a retry with back-off.
+_CONNECTION_ERRORS = ("connection refused", "connection timed out", "operation timed out", "no route to host",
+                      "network is unreachable", "connection reset", "connection closed", "kex_exchange_identification",
+                      "could not resolve hostname", "broken pipe", "connection lost", "timeout, server")
+
+
+# Both paths resolved on the board must stay in the run dir: a symlink made there by a command must not
+# redirect a push or a pull elsewhere.
+_CONTAINED = ('r=$(realpath "$1" 2>/dev/null || readlink -f "$1") || exit 3; '
+              'case "$r" in "$2"|"$2"/*) ;; *) echo "resolves to $r" >&2; exit 3;; esac; ')
+
+
+def _sleep(seconds: float) -> None:  # the back-off wait (a seam for tests that count the waits)
+    time.sleep(seconds)
+
+
+def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # the board gets plain files owned by whoever unpacks them: no owner names, no set-id bits
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode &= 0o755
+    return info
+
+
+def _end_master(master: subprocess.Popen, private_dir: str | None) -> None:
+    if master.poll() is None:
+        master.terminate()
+        try:
+            master.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait()
+    if private_dir is not None:
+        shutil.rmtree(private_dir, ignore_errors=True)
+
+
+def _ssh_option_path(path: str) -> str:
+    # -o values are split on whitespace and expand %-tokens: quote and escape so any path stays one path.
+    if '"' in path:
+        raise TransportError(f"path {path!r} contains a double quote, which ssh options cannot carry")
+    path = path.replace("%", "%%")
+    return f'"{path}"' if any(c.isspace() for c in path) else path
+
+
+def expand_path(value: str, base_dir: str | None, what: str) -> str:
+    """What it does: a profile path (~ and $VARS expanded; relative paths are relative to base_dir, the release
+    config's folder) -> an absolute path; an unset variable is a TransportError naming it."""
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    if "$" in expanded:
+        raise TransportError(f"{what} {value!r}: an environment variable in it is not set")
+    path = Path(expanded)
+    if not path.is_absolute():
+        path = Path(base_dir or os.getcwd()) / path
+    return str(path.resolve())
+
+
+class SshTransport(Transport):
+    """A board over OpenSSH: one ControlMaster connection, a private run dir, argv-only commands."""
+
+    kind = "ssh"
+
+    def __init__(self, host: str | None = None, port: int | None = None, user: str | None = None,
+                 identity_file: str | None = None, known_hosts: str | None = None, workdir: str = "/tmp/edgepipe",
+                 python: str | None = None, connect_timeout_s: float = 10.0, setup: str | None = None,
+                 base_dir: str | None = None, retries: int = 0, retry_backoff_s: float = 2.0) -> None:
+        self.agent_remote = None
+        self.attempts = 0  # connection attempts made (retries included)
+        self._closed = False
+        self._master = None
+        self.run_dir = None
+        if setup is not None:  # a device `edgepipe device setup` made here: its record fills what is not given
+            record = load_record(setup)
+            host, port, user = host or record["host"], port or record["port"], user or record["user"]
+            identity_file = identity_file or record["identity_file"]
+            known_hosts = known_hosts or record["known_hosts"]
+            python = python or record.get("python")
+        if not host or not identity_file or not known_hosts:
+            raise TransportError("ssh transport needs host, identity_file and known_hosts (or `setup: NAME`)")
+        if host.startswith("-"):
+            raise TransportError(f"ssh host {host!r} must not start with '-'")
+        self.host, self.port, self.user = host, int(port or 22), user or "root"
+        self.dest = f"{self.user}@{host}:{self.port}"
+        self.identity_file = expand_path(identity_file, base_dir, "identity_file")
+        self.known_hosts = expand_path(known_hosts, base_dir, "known_hosts")
+        for path, what in ((self.identity_file, "identity_file"), (self.known_hosts, "known_hosts")):
+            if not Path(path).is_file():
+                raise TransportError(f"ssh {self.dest}: {what} {path} does not exist"
+                                     + (" (it must already hold the board's host key)" if what == "known_hosts" else ""))
+        self.workdir = workdir.rstrip("/") or "/"
+        self.python = python or "python3"
+        self.connect_timeout_s = connect_timeout_s
+        self.retries, self.retry_backoff_s = retries, retry_backoff_s
+        missing = [p for p in ("ssh", "scp") if find_program(p) is None]
+        if missing:
+            raise TransportError(f"ssh transport needs the OpenSSH client ({', '.join(missing)} not found); "
+                                 "install the Debian package openssh-client")
+        self._ssh_bin, self._scp_bin = find_program("ssh"), find_program("scp")
+        # The control socket's folder is private to us (0700); a unix socket path must stay under ~100 bytes.
+        self._private = tempfile.mkdtemp(prefix="edgepipe-ssh-", dir="/tmp" if len(tempfile.gettempdir()) > 60 else None)
+        self._control = os.path.join(self._private, "cm")
+        try:
+            self._with_retries(self._start_master, "connect")
+            self._make_run_dir()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ connection
+
+    def _options(self) -> list[str]:
+        timeout = max(1, math.ceil(self.connect_timeout_s))
+        return ["-F", "none", "-i", self.identity_file, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", "IdentityAgent=none", "-o", "PasswordAuthentication=no", "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={_ssh_option_path(self.known_hosts)}", "-o", "GlobalKnownHostsFile=none",
+                "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no", "-o", f"ConnectTimeout={timeout}",
+                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "LogLevel=ERROR",
+                "-o", f"ControlPath={_ssh_option_path(self._control)}"]
+
+    def _ssh_argv(self, remote_command: str | None, master: bool = False) -> list[str]:
+        mode = ["-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N"] if master else ["-o", "ControlMaster=no"]
+        argv = [self._ssh_bin, *self._options(), *mode, "-p", str(self.port), "-l", self.user, "--", self.host]
+        return argv if remote_command is None else [*argv, remote_command]
+
+    def _failure(self, stderr: str, action: str) -> TransportError | None:
+        """ssh's own error text -> a one-line TransportError (`retryable` set for connection failures), or None
+        when the text is not ssh's (the remote command's own output)."""
+        text = stderr.lower()
+        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith("@")]
+        last = lines[-1] if lines else "no output"
+        if "host identification has changed" in text or "has changed and you have requested strict" in text:
+            err = TransportError(f"ssh {self.dest}: host key CHANGED from the one in {self.known_hosts}; refused "
+                                 "(if the board was reinstalled, check its new key's fingerprint and replace its line)")
+        elif "host key verification failed" in text or "host key is known for" in text:
+            err = TransportError(f"ssh {self.dest}: host key unknown, not in {self.known_hosts}; refused (add the "
+                                 "board's key there after checking its fingerprint, e.g. from ssh-keyscan)")
+        elif "unprotected private key file" in text:
+            err = TransportError(f"ssh {self.dest}: identity_file {self.identity_file} is readable by others; "
+                                 "ssh refuses it (chmod 600)")
+        elif "permission denied" in text and ("publickey" in text or "password" in text):
+            err = TransportError(f"ssh {self.dest}: the key {self.identity_file} was refused (Permission denied); "
+                                 f"put its .pub into {self.user}'s authorized_keys on the board")
+        elif any(marker in text for marker in _CONNECTION_ERRORS):
+            err = TransportError(f"ssh {self.dest}: {action} failed: {last}")
+            err.retryable = True
+            return err
+        else:
+            return None
+        err.retryable = False
+        return err
+
+    def _with_retries(self, step, action: str):
+        """Run `step` (raising TransportError); connection failures are tried again `retries` times, waiting
+        retry_backoff_s, then twice that, ... Timeouts, key and auth failures are never retried."""
+        attempt = 0
+        while True:
+            try:
+                return step()
+            except TransportError as err:
+                if not getattr(err, "retryable", False) or attempt >= self.retries:
+                    if attempt:
+                        raise TransportError(f"{err} (after {attempt + 1} attempts)") from err
+                    raise
+                _sleep(self.retry_backoff_s * 2 ** attempt)
+                attempt += 1
+
+    def _start_master(self) -> None:
+        """Start the ControlMaster (our own child process, ended on close) and wait until its socket listens."""
+        self.attempts += 1
+        self._stop_master()
+        log_path = os.path.join(self._private, "master.log")
+        with open(log_path, "wb") as log:
+            self._master = subprocess.Popen(self._ssh_argv(None, master=True), stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=log)
+        # A transport dropped without close (or a process exiting) must not leave the master connection behind.
+        self._finalizer = weakref.finalize(self, _end_master, self._master, self._private)
+        deadline = time.monotonic() + self.connect_timeout_s + 15  # the handshake itself, after the TCP connect
+        while not os.path.exists(self._control):
+            if self._master.poll() is not None or time.monotonic() > deadline:
+                self._stop_master()
+                stderr = Path(log_path).read_text(errors="replace")
+                err = self._failure(stderr, "connect") or TransportError(
+                    f"ssh {self.dest}: connect failed: {' '.join(stderr.split())[-300:] or 'no answer'}")
+                err.retryable = getattr(err, "retryable", False) or not stderr.strip()
+                raise err
+            time.sleep(0.01)
+
+    def _stop_master(self) -> None:
+        if self._master is not None:
+            self._finalizer.detach()
+            _end_master(self._master, None)
+            self._master = None
+        if os.path.exists(self._control):
+            os.unlink(self._control)
+
+    def _remote(self, script: str, *args: str, timeout_s: float = 60.0, action: str = "command") -> RunResult:
+        """Run a small fixed sh script with quoted arguments on the board; ssh failures raise TransportError."""
+        result = self._exec(shlex.join(["sh", "-c", script, "edgepipe", *args]), timeout_s, f"{action} on ssh")
+        err = self._failure(result.stderr, action) if result.returncode == 255 else None
+        if err is not None:
+            raise err
+        return result
+
+    def _exec(self, remote_command: str, timeout_s: float, what: str) -> RunResult:
+        return run_local(self._ssh_argv(remote_command), None, None, timeout_s, what)
+
+    def _make_run_dir(self) -> None:
+        for _ in range(3):
+            candidate = f"{self.workdir}/run-{secrets.token_hex(8)}"
+            result = self._with_retries(lambda c=candidate: self._remote(
+                'mkdir -p -- "$1" && mkdir -m 700 -- "$2" && cd -- "$2" && pwd -P', self.workdir, c,
+                action="mkdir"), "mkdir")
+            if result.returncode == 0:
+                self.run_dir = candidate
+                self._real_run_dir = result.stdout.strip() or candidate
+                return
+        raise TransportError(f"ssh {self.dest}: cannot create a run dir under {self.workdir}: "
+                             f"{' '.join(result.stderr.split())[-300:]}")
+
+    # ------------------------------------------------------------------ Transport
+
+    def _check_open(self) -> None:
+        if self._closed or self.run_dir is None:
+            raise TransportError(f"ssh transport to {self.dest} is closed")
+
+    def _scp(self, source: str, target: str, action: str) -> None:
+        argv = [self._scp_bin, "-s", "-q", "-r", *self._options(), "-o", "ControlMaster=no", "-P", str(self.port),
+                "--", source, target]
+        try:
+            result = run_local(argv, None, None, 600.0, f"scp ({action}) on ssh")
+        except TransportError as exc:
+            raise TransportError(f"ssh {self.dest}: {exc}") from exc
+        if result.returncode != 0:
+            err = self._failure(result.stderr, action)
+            if err is None:
+                err = TransportError(f"ssh {self.dest}: {action} failed: {' '.join(result.stderr.split())[-300:]}")
+                err.retryable = False
+            raise err
+
+    def _scp_remote(self, path: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{self.user}@{host}:{path}"
+
+
+    # Unpacks the tar stream on stdin as "$4" (the target), replacing what was there; "$3" (its parent) must
+    # resolve inside the run dir "$2". One ssh session per push, and no sftp-server needed on the board.
+    _UNPACK = ('mkdir -p "$3" && ' + _CONTAINED.replace('"$1"', '"$3"') + 'rm -rf "$4" "$4.part" && '
+               'mkdir "$4.part" && tar -xf - -C "$4.part" && mv "$4.part/item" "$4" && rmdir "$4.part"')
+
+    def push(self, local: Path, remote_name: str) -> str:
+        self._check_open()
+        target = f"{self.run_dir}/{check_remote_name(remote_name)}"
+        local = Path(local)
+        if not local.exists():
+            raise TransportError(f"cannot push {local}: no such file or directory")
+        with tempfile.NamedTemporaryFile(dir=self._private, suffix=".tar") as spool:
+            try:
+                with tarfile.open(fileobj=spool, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                    tar.add(local, arcname="item", filter=_plain_member)
+                spool.flush()
+            except OSError as exc:
+                raise TransportError(f"cannot push {local}: {exc}") from exc
+            command = shlex.join(["sh", "-c", self._UNPACK, "edgepipe-push", "", self._real_run_dir,
+                                  target.rsplit("/", 1)[0], target])
+
+            def step():
+                result = run_local(self._ssh_argv(command), None, None, 600.0, "push on ssh", stdin_path=spool.name)
+                if result.returncode != 0:
+                    err = self._failure(result.stderr, "push") if result.returncode == 255 else None
+                    raise err or TransportError(f"cannot push {local.name} to {remote_name!r} on ssh {self.dest}: "
+                                                f"{' '.join(result.stderr.split())[-200:] or 'outside the run dir'}")
+
+            self._with_retries(step, "push")
+        return target
+
+    def run(self, argv: list, timeout_s: float, env: dict | None = None) -> RunResult:
+        argv = check_argv(argv)
+        self._check_open()
+        pgid_file = f".pgid-{secrets.token_hex(6)}"
+        command = wrapped_command(self.run_dir, pgid_file, argv, env, timeout_s)
+        what = f"{Path(argv[0]).name} on ssh {self.host}"
+
+        def step():
+            try:
+                result = self._exec(command, timeout_s, what)
+            except TransportError:
+                # The local ssh client is gone; the command still runs on the board: kill its process group there.
+                try:
+                    self._exec(kill_command(self.run_dir, pgid_file), 30.0, "kill on ssh")
+                except TransportError:
+                    pass  # the board's watchdog kills it shortly after the timeout
+                raise
+            err = self._failure(result.stderr, "run") if result.returncode == 255 else None
+            if err is not None:
+                raise err
+            return result
+
+        return self._with_retries(step, "run")
+
+    def pull(self, remote_path: str, local: Path) -> None:
+        self._check_open()
+        source = f"{self.run_dir}/{check_remote_name(inside(self.run_dir, remote_path))}"
+        local = Path(local).resolve()
+
+        def step():
+            check = self._remote('[ -e "$1" ] || exit 4; ' + _CONTAINED, source, self._real_run_dir,
+                                 action="pull")
+            if check.returncode == 4:
+                raise TransportError(f"cannot pull {remote_path}: no such file or directory on ssh {self.dest}")
+            if check.returncode != 0:
+                raise TransportError(f"cannot pull {remote_path}: outside the run dir "
+                                     f"({' '.join(check.stderr.split())[-200:]})")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".edgepipe-pull-", dir=local.parent))
+            try:
+                self._scp(self._scp_remote(source), str(staging / "item"), "pull")
+                got = staging / "item"
+                if got.is_dir():
+                    shutil.copytree(got, local, dirs_exist_ok=True)
+                else:
+                    os.replace(got, local)
+            except OSError as exc:
+                raise TransportError(f"cannot pull {remote_path} to {local}: {exc}") from exc
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+        self._with_retries(step, "pull")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.run_dir is not None and self._master is not None and self._master.poll() is None:
+                try:
+                    self._remote('rm -rf -- "$1"', self.run_dir, timeout_s=120.0, action="cleanup")
+                except TransportError:
+                    pass  # best effort: the board stays reachable for the next run, which uses a new dir
+        finally:
+            self._stop_master()
+            shutil.rmtree(self._private, ignore_errors=True)
