@@ -96,6 +96,10 @@ class Transport(ABC):
             )
         return info
 
+    def benchmark(self, agent_args: list, timeout_s: float, threads: int | None = None) -> dict:
+        """The agent's record from the runtime's own benchmark tool, for devices without Python (adb)."""
+        raise TransportError(f"the {self.kind} device has no Python for the agent and no benchmark tool")
+
     def __enter__(self):
         return self
 
@@ -129,6 +133,8 @@ def run_agent(transport: Transport, agent_args: list, timeout_s: float, threads:
 
     `threads` also pins OMP/OpenBLAS/MKL pools, so a runtime's helper libraries do not oversubscribe the CPU.
     """
+    if transport.python is None:  # a device without Python: the runtime's own benchmark tool, if it has one
+        return transport.benchmark(agent_args, timeout_s, threads)
     if transport.agent_remote is None:
         transport.agent_remote = transport.push(AGENT_SOURCE, AGENT_REMOTE_NAME)
     env = {name: str(threads) for name in _THREAD_ENV} if threads is not None else None

@@ -58,15 +58,21 @@ def env_words(env: dict | None) -> list[str]:
     return words
 
 
-def wrapped_command(run_dir: str, pgid_file: str, argv: list, env: dict | None, timeout_s: float) -> str:
-    """What it does: a run dir, pgid file name, argv and env -> one shell command string (shlex-quoted words)."""
+def control_dir(run_dir: str) -> str:
+    """What it does: a run dir -> the folder beside it that holds the process-group files of its commands (kept out
+    of the run dir, which holds only what was pushed and what commands wrote)."""
+    return run_dir + ".ctl"
+
+
+def wrapped_command(run_dir: str, pgid_path: str, argv: list, env: dict | None, timeout_s: float) -> str:
+    """What it does: a run dir, pgid file path, argv and env -> one shell command string (shlex-quoted words)."""
     limit = str(int(math.ceil(timeout_s)) + WATCHDOG_GRACE_S)
-    return shlex.join(["sh", "-c", _WRAPPER, "edgepipe-run", run_dir, pgid_file, limit, *env_words(env), *argv])
+    return shlex.join(["sh", "-c", _WRAPPER, "edgepipe-run", run_dir, pgid_path, limit, *env_words(env), *argv])
 
 
-def kill_command(run_dir: str, pgid_file: str) -> str:
+def kill_command(pgid_path: str) -> str:
     """What it does: -> the shell command that SIGKILLs the process groups a wrapped command started."""
-    return shlex.join(["sh", "-c", _KILL, "edgepipe-kill", f"{run_dir}/{pgid_file}"])
+    return shlex.join(["sh", "-c", _KILL, "edgepipe-kill", pgid_path])
 
 
 def inside(run_dir: str, remote_path: str) -> str:

@@ -29,7 +29,7 @@ from pipeline.errors import TransportError
 
 from ..ssh_loopback import find_program, load_record, setup_loopback  # noqa: F401  (SETUPS names it here)
 from ..transport import RunResult, Transport, check_argv, check_remote_name, run_local
-from .posix import inside, kill_command, wrapped_command
+from .posix import control_dir, inside, kill_command, wrapped_command
 
 # ssh's own complaints (exit 255) that mean "could not reach the board": worth a retry with back-off.
 _CONNECTION_ERRORS = ("connection refused", "connection timed out", "operation timed out", "no route to host",
@@ -240,8 +240,8 @@ class SshTransport(Transport):
         for _ in range(3):
             candidate = f"{self.workdir}/run-{secrets.token_hex(8)}"
             result = self._with_retries(lambda c=candidate: self._remote(
-                'mkdir -p -- "$1" && mkdir -m 700 -- "$2" && cd -- "$2" && pwd -P', self.workdir, c,
-                action="mkdir"), "mkdir")
+                'mkdir -p -- "$1" && mkdir -m 700 -- "$2" "$3" && cd -- "$2" && pwd -P', self.workdir, c,
+                control_dir(c), action="mkdir"), "mkdir")
             if result.returncode == 0:
                 self.run_dir = candidate
                 self._real_run_dir = result.stdout.strip() or candidate
@@ -299,8 +299,9 @@ class SshTransport(Transport):
                 result = run_local(self._ssh_argv(command), None, None, 600.0, "push on ssh", stdin_path=spool.name)
                 if result.returncode != 0:
                     err = self._failure(result.stderr, "push") if result.returncode == 255 else None
+                    why = " ".join(result.stderr.split())[-200:]
                     raise err or TransportError(f"cannot push {local.name} to {remote_name!r} on ssh {self.dest}: "
-                                                f"{' '.join(result.stderr.split())[-200:] or 'outside the run dir'}")
+                                                + (f"outside the run dir ({why})" if "resolves to" in why else why))
 
             self._with_retries(step, "push")
         return target
@@ -308,7 +309,7 @@ class SshTransport(Transport):
     def run(self, argv: list, timeout_s: float, env: dict | None = None) -> RunResult:
         argv = check_argv(argv)
         self._check_open()
-        pgid_file = f".pgid-{secrets.token_hex(6)}"
+        pgid_file = f"{control_dir(self.run_dir)}/{secrets.token_hex(6)}"
         command = wrapped_command(self.run_dir, pgid_file, argv, env, timeout_s)
         what = f"{Path(argv[0]).name} on ssh {self.host}"
 
@@ -318,7 +319,7 @@ class SshTransport(Transport):
             except TransportError:
                 # The local ssh client is gone; the command still runs on the board: kill its process group there.
                 try:
-                    self._exec(kill_command(self.run_dir, pgid_file), 30.0, "kill on ssh")
+                    self._exec(kill_command(pgid_file), 30.0, "kill on ssh")
                 except TransportError:
                     pass  # the board's watchdog kills it shortly after the timeout
                 raise
@@ -365,7 +366,8 @@ class SshTransport(Transport):
         try:
             if self.run_dir is not None and self._master is not None and self._master.poll() is None:
                 try:
-                    self._remote('rm -rf -- "$1"', self.run_dir, timeout_s=120.0, action="cleanup")
+                    self._remote('rm -rf -- "$1" "$2"', self.run_dir, control_dir(self.run_dir), timeout_s=120.0,
+                                 action="cleanup")
                 except TransportError:
                     pass  # best effort: the board stays reachable for the next run, which uses a new dir
         finally:
