@@ -170,10 +170,12 @@ def reap(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_local(argv: list, cwd, env: dict, timeout_s: float, what: str, stdin_path=None) -> RunResult:
+def run_local(argv: list, cwd, env: dict, timeout_s: float, what: str, stdin_path=None, on_timeout=None) -> RunResult:
     """What it does: an argv run on this machine in its own process group -> RunResult; on timeout the whole group
     is killed and TransportError names `what`. Shared by every transport that drives a local program (the
-    command itself, ssh, adb, qemu). `stdin_path`: a file fed to its stdin (else /dev/null)."""
+    command itself, ssh, adb, qemu). `stdin_path`: a file fed to its stdin (else /dev/null). `on_timeout`: called
+    first when the time is up (a remote transport kills what the command started on the device, which may hold
+    this command's pipes: an ssh ControlMaster keeps them until the remote command ends)."""
     start = time.monotonic()
     try:
         with open(stdin_path, "rb") if stdin_path is not None else contextlib.nullcontext(subprocess.DEVNULL) as stdin:
@@ -184,6 +186,8 @@ def run_local(argv: list, cwd, env: dict, timeout_s: float, what: str, stdin_pat
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        if on_timeout is not None:
+            on_timeout()
         kill_group(proc.pid)
         reap(proc)
         raise TransportError(f"{what} timed out after {timeout_s:g} s") from None

@@ -53,6 +53,15 @@ def stop_loopback_in(cache: Path) -> None:
             os.environ["XDG_CACHE_HOME"] = old
 
 
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory):
+    """The loopback sshd in a private $XDG_CACHE_HOME (stopped after the module) -> its record + "cache"."""
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    record = start_loopback(cache)
+    yield {**record, "cache": cache}
+    stop_loopback_in(cache)
+
+
 def ssh_fields(record: dict, **overrides) -> dict:
     """A loopback record -> SshTransport keyword arguments (explicit fields, no `setup` lookup)."""
     fields = {k: record[k] for k in ("host", "port", "user", "identity_file", "known_hosts", "python")}

@@ -15,16 +15,8 @@ from pipeline.errors import ConfigError, TransportError
 from targets.device import facts_from_probe, normalise_arch
 from targets.transport import run_agent
 
-from .boards import count_processes, hang_argv, marker, ssh_fields, start_loopback, stop_loopback_in, wait_count
+from .boards import count_processes, hang_argv, loopback, marker, ssh_fields, start_loopback, wait_count  # noqa: F401
 from .test_transport import _tiny_model_and_golden
-
-
-@pytest.fixture(scope="module")
-def loopback(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("xdg-cache")
-    record = start_loopback(cache)
-    yield {**record, "cache": cache}
-    stop_loopback_in(cache)
 
 
 @pytest.fixture()

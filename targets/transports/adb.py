@@ -142,14 +142,15 @@ class AdbTransport(Transport):
         self._check_open()
         pgid_file = f"{control_dir(self.run_dir)}/{secrets.token_hex(6)}"
         command = wrapped_command(self.run_dir, pgid_file, argv, env, timeout_s)
-        try:
-            result = self._adb_run(["shell", command], timeout_s, f"{Path(argv[0]).name} on adb {self.serial}")
-        except TransportError:
-            try:  # the adb client is gone; the command still runs on the device: kill its process group there
+
+        def kill_on_device():
+            try:  # the adb client's end is not enough: the command runs on the device until its group is killed
                 self._adb_run(["shell", kill_command(pgid_file)], 30.0, "kill on adb")
             except TransportError:
                 pass  # the device's watchdog kills it shortly after the timeout
-            raise
+
+        result = run_local([self._adb, "-s", self.serial, "shell", command], None, None, timeout_s,
+                           f"{Path(argv[0]).name} on adb {self.serial}", on_timeout=kill_on_device)
         if result.returncode != 0:
             err = self._failure(result, "run")
             if err is not None:

@@ -313,16 +313,15 @@ class SshTransport(Transport):
         command = wrapped_command(self.run_dir, pgid_file, argv, env, timeout_s)
         what = f"{Path(argv[0]).name} on ssh {self.host}"
 
-        def step():
+        def kill_on_board():
+            # the local ssh client's end is not enough: the command runs on the board until its group is killed
             try:
-                result = self._exec(command, timeout_s, what)
+                self._exec(kill_command(pgid_file), 30.0, "kill on ssh")
             except TransportError:
-                # The local ssh client is gone; the command still runs on the board: kill its process group there.
-                try:
-                    self._exec(kill_command(pgid_file), 30.0, "kill on ssh")
-                except TransportError:
-                    pass  # the board's watchdog kills it shortly after the timeout
-                raise
+                pass  # the board's watchdog kills it shortly after the timeout
+
+        def step():
+            result = run_local(self._ssh_argv(command), None, None, timeout_s, what, on_timeout=kill_on_board)
             err = self._failure(result.stderr, "run") if result.returncode == 255 else None
             if err is not None:
                 raise err
