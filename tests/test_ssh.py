@@ -107,7 +107,7 @@ def test_timeout_kills_the_process_group_on_the_board(board):
     with pytest.raises(TransportError, match=r"^sh on ssh 127\.0\.0\.1 timed out after 2 s$"):
         board.run(hang_argv(mark), timeout_s=2)
     assert wait_count(mark) == 0  # the hung command and the grandchild it started are gone from the board
-    assert count_processes(board.run_dir) == 0  # wrapper and watchdog too
+    assert count_processes(f"edgepipe-run {board.run_dir}") == 0  # the wrapper and its watchdog too
     assert board.run(["true"], timeout_s=30).returncode == 0  # the connection is still usable
 
 
@@ -231,3 +231,13 @@ def test_ssh_profile_needs_a_host_or_a_setup(tmp_path):
                    "identity_file: k, known_hosts: h}\n")
     with pytest.raises(ConfigError, match="transport.ssh.host"):
         load_profile(str(bad), tmp_path)
+
+
+def test_example_device_profiles_load():
+    from pipeline.config import load_profile
+
+    folder = Path(__file__).resolve().parent.parent / "examples" / "devices"
+    board = load_profile(str(folder / "board-ssh.yaml"), folder)
+    phone = load_profile(str(folder / "phone-adb.yaml"), folder)
+    assert board.transport.kind == "ssh" and board.required and board.transport.retries == 3
+    assert phone.transport.kind == "adb" and phone.transport.python is None and phone.transport.benchmark_binary

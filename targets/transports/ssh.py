@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import select
 import shlex
 import shutil
 import subprocess
@@ -55,8 +56,15 @@ def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def _end_master(master: subprocess.Popen, private_dir: str | None) -> None:
-    if master.poll() is None:
+def _end_master(master: subprocess.Popen, private_dir: str | None, grace_s: float = 2.0) -> None:
+    """End the master: EOF on its session's stdin lets the board remove the run dir and the session (and with it
+    the connection) end; a master that does not end in `grace_s` is terminated."""
+    for stream in (master.stdin, master.stdout):
+        if stream is not None:
+            stream.close()
+    try:
+        master.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
         master.terminate()
         try:
             master.wait(timeout=5)
@@ -133,7 +141,6 @@ class SshTransport(Transport):
         self._control = os.path.join(self._private, "cm")
         try:
             self._with_retries(self._start_master, "connect")
-            self._make_run_dir()
         except BaseException:
             self.close()
             raise
@@ -149,10 +156,10 @@ class SshTransport(Transport):
                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "LogLevel=ERROR",
                 "-o", f"ControlPath={_ssh_option_path(self._control)}"]
 
-    def _ssh_argv(self, remote_command: str | None, master: bool = False) -> list[str]:
-        mode = ["-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N"] if master else ["-o", "ControlMaster=no"]
-        argv = [self._ssh_bin, *self._options(), *mode, "-p", str(self.port), "-l", self.user, "--", self.host]
-        return argv if remote_command is None else [*argv, remote_command]
+    def _ssh_argv(self, remote_command: str, master: bool = False) -> list[str]:
+        mode = ["-o", "ControlMaster=yes", "-o", "ControlPersist=no"] if master else ["-o", "ControlMaster=no"]
+        return [self._ssh_bin, *self._options(), *mode, "-p", str(self.port), "-l", self.user, "--", self.host,
+                remote_command]
 
     def _failure(self, stderr: str, action: str) -> TransportError | None:
         """ssh's own error text -> a one-line TransportError (`retryable` set for connection failures), or None
@@ -196,31 +203,54 @@ class SshTransport(Transport):
                 _sleep(self.retry_backoff_s * 2 ** attempt)
                 attempt += 1
 
+    # The master connection's own session: make the run dir (and the control dir beside it), say where it really
+    # is, then hold until our end of its stdin closes (close(), or this process dying) and remove both. So the board
+    # is cleaned up even when the host goes away, and opening/closing cost no extra round trip.
+    _SESSION = ('mkdir -p -- "$1" && mkdir -m 700 -- "$2" "$3" && cd -- "$2" && pwd -P || exit 1\n'
+                'cat >/dev/null\ncd / && rm -rf -- "$2" "$3"\n')
+
     def _start_master(self) -> None:
-        """Start the ControlMaster (our own child process, ended on close) and wait until its socket listens."""
+        """Start the ControlMaster (our own child process, ended on close) with its run-dir session; return once
+        the board answered with the run dir and the control socket listens."""
         self.attempts += 1
         self._stop_master()
+        run_dir = f"{self.workdir}/run-{secrets.token_hex(8)}"
+        session = shlex.join(["sh", "-c", self._SESSION, "edgepipe-session", self.workdir, run_dir,
+                              control_dir(run_dir)])
         log_path = os.path.join(self._private, "master.log")
         with open(log_path, "wb") as log:
-            self._master = subprocess.Popen(self._ssh_argv(None, master=True), stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=log)
+            self._master = subprocess.Popen(self._ssh_argv(session, master=True), stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=log)
         # A transport dropped without close (or a process exiting) must not leave the master connection behind.
         self._finalizer = weakref.finalize(self, _end_master, self._master, self._private)
         deadline = time.monotonic() + self.connect_timeout_s + 15  # the handshake itself, after the TCP connect
-        while not os.path.exists(self._control):
-            if self._master.poll() is not None or time.monotonic() > deadline:
+        answer = b""
+        while not (answer.endswith(b"\n") and os.path.exists(self._control)):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (not answer.endswith(b"\n") and self._master.poll() is not None):
+                code = self._master.poll()
                 self._stop_master()
                 stderr = Path(log_path).read_text(errors="replace")
+                if code not in (None, 255):  # connected, but the session could not make the run dir
+                    raise TransportError(f"ssh {self.dest}: cannot create a run dir under {self.workdir}: "
+                                         f"{' '.join(stderr.split())[-300:] or f'exit {code}'}")
                 err = self._failure(stderr, "connect") or TransportError(
                     f"ssh {self.dest}: connect failed: {' '.join(stderr.split())[-300:] or 'no answer'}")
                 err.retryable = getattr(err, "retryable", False) or not stderr.strip()
                 raise err
-            time.sleep(0.01)
+            if not answer.endswith(b"\n"):
+                ready, _, _ = select.select([self._master.stdout], [], [], min(remaining, 0.05))
+                if ready:
+                    answer += os.read(self._master.stdout.fileno(), 4096)
+            else:
+                time.sleep(0.005)
+        self.run_dir = run_dir
+        self._real_run_dir = answer.decode("utf-8", "replace").strip() or run_dir
 
-    def _stop_master(self) -> None:
+    def _stop_master(self, grace_s: float = 2.0) -> None:
         if self._master is not None:
             self._finalizer.detach()
-            _end_master(self._master, None)
+            _end_master(self._master, None, grace_s)
             self._master = None
         if os.path.exists(self._control):
             os.unlink(self._control)
@@ -235,19 +265,6 @@ class SshTransport(Transport):
 
     def _exec(self, remote_command: str, timeout_s: float, what: str) -> RunResult:
         return run_local(self._ssh_argv(remote_command), None, None, timeout_s, what)
-
-    def _make_run_dir(self) -> None:
-        for _ in range(3):
-            candidate = f"{self.workdir}/run-{secrets.token_hex(8)}"
-            result = self._with_retries(lambda c=candidate: self._remote(
-                'mkdir -p -- "$1" && mkdir -m 700 -- "$2" "$3" && cd -- "$2" && pwd -P', self.workdir, c,
-                control_dir(c), action="mkdir"), "mkdir")
-            if result.returncode == 0:
-                self.run_dir = candidate
-                self._real_run_dir = result.stdout.strip() or candidate
-                return
-        raise TransportError(f"ssh {self.dest}: cannot create a run dir under {self.workdir}: "
-                             f"{' '.join(result.stderr.split())[-300:]}")
 
     # ------------------------------------------------------------------ Transport
 
@@ -363,12 +380,6 @@ class SshTransport(Transport):
             return
         self._closed = True
         try:
-            if self.run_dir is not None and self._master is not None and self._master.poll() is None:
-                try:
-                    self._remote('rm -rf -- "$1" "$2"', self.run_dir, control_dir(self.run_dir), timeout_s=120.0,
-                                 action="cleanup")
-                except TransportError:
-                    pass  # best effort: the board stays reachable for the next run, which uses a new dir
+            self._stop_master(grace_s=60.0)  # the master's session removes the run dir, then the connection ends
         finally:
-            self._stop_master()
             shutil.rmtree(self._private, ignore_errors=True)
