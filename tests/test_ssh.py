@@ -97,8 +97,9 @@ def test_symlink_out_of_the_run_dir_is_refused(board, tmp_path):
     board.run(["ln", "-s", str(tmp_path), "link"], timeout_s=30)
     with pytest.raises(TransportError, match="outside the run dir"):
         board.pull("link/secret.txt", tmp_path / "stolen.txt")
-    with pytest.raises(TransportError, match="outside the run dir"):
-        board.push(tmp_path / "secret.txt", "link/planted.txt")
+    board.push(tmp_path / "secret.txt", "link/planted.txt")  # queued; refused on the board before the next run
+    with pytest.raises(TransportError, match=r"cannot push secret\.txt to 'link/planted\.txt' .*: outside the run dir"):
+        board.run(["true"], timeout_s=30)
     assert not (tmp_path / "stolen.txt").exists() and not (tmp_path / "planted.txt").exists()
 
 

@@ -95,6 +95,11 @@ def faults(make_ssh, kills: int, scratch: Path) -> dict:
     """Hung commands killed at a 1 s timeout (processes left on the board), hostile names and arguments."""
     left, timed_out = 0, 0
     with make_ssh() as board:
+        sessions = []
+        for _ in range(10):  # one command = one ssh session over the open connection (login shell included)
+            t0 = time.perf_counter()
+            board.run(["true"], 30)
+            sessions.append(time.perf_counter() - t0)
         for k in range(kills):
             mark = f"{700 + k}.{os.getpid()}"
             try:
@@ -117,7 +122,7 @@ def faults(make_ssh, kills: int, scratch: Path) -> dict:
         literal = sum(a == b for a, b in zip(json.loads(out.stdout), HOSTILE_WORDS))
         listing = board.run(["ls", "-A"], 30).stdout.split()
     injected = sum(p.exists() for p in (scratch / "pwned", Path.home() / "pwned", Path("/tmp/pwned")))
-    return {"kills": kills, "timed_out": timed_out, "left": left, "names": len(HOSTILE_NAMES), "refused": refused,
+    return {"session_s": statistics.median(sessions), "kills": kills, "timed_out": timed_out, "left": left, "names": len(HOSTILE_NAMES), "refused": refused,
             "words": len(HOSTILE_WORDS), "literal": literal, "files_in_run_dir": len(listing), "injected": injected}
 
 
@@ -165,7 +170,7 @@ def main() -> None:
         f"{args.iterations} timed runs, 1 thread; medians of {args.repeats} alternating repeats; the SSH board is "
         "this machine's own sshd on 127.0.0.1 (one ControlMaster connection per transport).", "",
         "| step (s, median) | local | ssh | ssh / local |", "|---|---|---|---|"]
-    for field, label in (("open", "open (connect + run dir)"), ("push", "push model + golden + agent"),
+    for field, label in (("open", "open (connect + run dir)"), ("push", "push model + golden + agent (ssh: queued, sent with the run)"),
                          ("agent", "agent run (load + warm-up + timed runs)"), ("close", "close (remove run dir)"),
                          ("total", "total"), ("runs", "the timed runs themselves"),
                          ("beyond_runs", "everything beyond the timed runs"), ("p50_ms", "p50 per run (ms)"),
@@ -173,7 +178,10 @@ def main() -> None:
         a, b = med["local"][field], med["ssh"][field]
         lines.append(f"| {label} | {a:.3f} | {b:.3f} | {b / a:.2f}× |" if a else f"| {label} | {a:.3f} | {b:.3f} | - |")
     lines += ["", f"**SSH adds {extra:.2f} s per target beyond the runs themselves** (goal: ≤ 1 s): "
-              "`beyond_runs(ssh) - beyond_runs(local)`.", "",
+              "`beyond_runs(ssh) - beyond_runs(local)`. One command over the open connection costs "
+              f"{fault['session_s']:.3f} s here (median of 10 `true` runs); most of it is the board's login shell "
+              "starting (sshd runs every command through it; on this machine root's ~/.bashrc runs `pyenv init`), "
+              "which is why pushes travel with the next command instead of in sessions of their own.", "",
               f"Faults over the real sshd: {fault['kills']} hung commands (each starting a grandchild) killed at a "
               f"1 s timeout: {fault['timed_out']} timed out, **{fault['left']} processes left** on the board. "
               f"{fault['names']} hostile remote names: {fault['refused']} refused; {fault['words']} hostile argv "

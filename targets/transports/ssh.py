@@ -106,6 +106,7 @@ class SshTransport(Transport):
                  base_dir: str | None = None, retries: int = 0, retry_backoff_s: float = 2.0) -> None:
         self.agent_remote = None
         self.attempts = 0  # connection attempts made (retries included)
+        self._pending, self._spool, self._tar, self._sent = [], None, None, []
         self._closed = False
         self._master = None
         self.run_dir = None
@@ -291,43 +292,90 @@ class SshTransport(Transport):
         return f"{self.user}@{host}:{path}"
 
 
-    # Unpacks the tar stream on stdin as "$4" (the target), replacing what was there; "$3" (its parent) must
-    # resolve inside the run dir "$2". One ssh session per push, and no sftp-server needed on the board.
-    _UNPACK = ('mkdir -p "$3" && ' + _CONTAINED.replace('"$1"', '"$3"') + 'rm -rf "$4" "$4.part" && '
-               'mkdir "$4.part" && tar -xf - -C "$4.part" && mv "$4.part/item" "$4" && rmdir "$4.part"')
+    # Pushes are queued in one tar stream (a snapshot taken at push time) and unpacked on the board at the start of
+    # the next command's own session, so a profile (model, golden vectors, agent, run) costs one round trip, not
+    # four. The board side: unpack into a staging folder, then each member in push order to its target, whose
+    # parent must resolve inside the run dir (a symlink made there by a command cannot redirect a push).
+    _UNPACK = ('real=$1; stage=$2; shift 2; rm -rf "$stage"; mkdir "$stage" && tar -xf - -C "$stage" || '
+               '{ echo "edgepipe-push-failed: cannot unpack on the board" >&2; exit 90; }\n'
+               'i=0\nfor t in "$@"; do\n'
+               '  p=${t%/*}; r=$(mkdir -p "$p" && { realpath "$p" 2>/dev/null || readlink -f "$p"; }) || '
+               '{ echo "edgepipe-push-failed: $i: cannot create $p" >&2; exit 91; }\n'
+               '  case "$r" in "$real"|"$real"/*) ;; *) echo "edgepipe-push-failed: $i: resolves to $r" >&2; '
+               'exit 91;; esac\n'
+               '  rm -rf "$t" && mv "$stage/$i" "$t" || { echo "edgepipe-push-failed: $i: cannot write $t" >&2; '
+               'exit 92; }\n'
+               '  i=$((i+1))\ndone\nrmdir "$stage"\n')
 
     def push(self, local: Path, remote_name: str) -> str:
+        """Queue `local` (copied now into the pending stream) for `remote_name`; it lands on the board before the
+        next run or pull, whose failure then names this push."""
         self._check_open()
         target = f"{self.run_dir}/{check_remote_name(remote_name)}"
         local = Path(local)
         if not local.exists():
             raise TransportError(f"cannot push {local}: no such file or directory")
-        with tempfile.NamedTemporaryFile(dir=self._private, suffix=".tar") as spool:
-            try:
-                with tarfile.open(fileobj=spool, mode="w", format=tarfile.GNU_FORMAT) as tar:
-                    tar.add(local, arcname="item", filter=_plain_member)
-                spool.flush()
-            except OSError as exc:
-                raise TransportError(f"cannot push {local}: {exc}") from exc
-            command = shlex.join(["sh", "-c", self._UNPACK, "edgepipe-push", "", self._real_run_dir,
-                                  target.rsplit("/", 1)[0], target])
-
-            def step():
-                result = run_local(self._ssh_argv(command), None, None, 600.0, "push on ssh", stdin_path=spool.name)
-                if result.returncode != 0:
-                    err = self._failure(result.stderr, "push") if result.returncode == 255 else None
-                    why = " ".join(result.stderr.split())[-200:]
-                    raise err or TransportError(f"cannot push {local.name} to {remote_name!r} on ssh {self.dest}: "
-                                                + (f"outside the run dir ({why})" if "resolves to" in why else why))
-
-            self._with_retries(step, "push")
+        if self._spool is None:
+            self._spool = tempfile.NamedTemporaryFile(dir=self._private, suffix=".tar")
+            self._tar = tarfile.open(fileobj=self._spool, mode="w", format=tarfile.GNU_FORMAT)
+        try:
+            self._tar.add(local, arcname=str(len(self._pending)), filter=_plain_member)
+        except OSError as exc:
+            raise TransportError(f"cannot push {local}: {exc}") from exc
+        self._pending.append((target, remote_name, local.name))
         return target
 
+    def _take_pending(self):
+        """-> (spool file name, unpack command) for the queued pushes, or (None, None); the queue starts anew."""
+        if not self._pending:
+            return None, None
+        self._tar.close()
+        self._spool.flush()
+        spool, pending = self._spool, self._pending
+        self._spool, self._tar, self._pending = None, None, []
+        self._sent.append(spool)  # kept (and its name valid) until close, for retries of the same step
+        command = shlex.join(["sh", "-c", self._UNPACK, "edgepipe-push", self._real_run_dir,
+                              f"{control_dir(self.run_dir)}/in", *(t for t, _, _ in pending)])
+        return spool.name, (command, pending)
+
+    def _push_failure(self, result: RunResult, pending) -> TransportError | None:
+        for line in result.stderr.splitlines():
+            if line.startswith("edgepipe-push-failed: "):
+                why = line.split(": ", 1)[1]
+                index, _, detail = why.partition(": ")
+                if index.isdigit() and int(index) < len(pending):
+                    _, name, local_name = pending[int(index)]
+                    where = f"outside the run dir ({detail})" if detail.startswith("resolves to") else detail
+                    return TransportError(f"cannot push {local_name} to {name!r} on ssh {self.dest}: {where}")
+                return TransportError(f"push on ssh {self.dest} failed: {why}")
+        return None
+
+    def _flush(self) -> None:
+        """Send the queued pushes in a session of their own (before a pull)."""
+        spool, unpack = self._take_pending()
+        if spool is None:
+            return
+        command, pending = unpack
+
+        def step():
+            result = run_local(self._ssh_argv(command), None, None, 600.0, "push on ssh", stdin_path=spool)
+            err = self._failure(result.stderr, "push") if result.returncode == 255 else None
+            if err is not None or result.returncode != 0:
+                raise err or self._push_failure(result, pending) or TransportError(
+                    f"push on ssh {self.dest} failed: {' '.join(result.stderr.split())[-300:]}")
+
+        self._with_retries(step, "push")
+
     def run(self, argv: list, timeout_s: float, env: dict | None = None) -> RunResult:
+        """Run argv in the run dir (queued pushes are unpacked first, in the same session; the timeout covers
+        both)."""
         argv = check_argv(argv)
         self._check_open()
         pgid_file = f"{control_dir(self.run_dir)}/{secrets.token_hex(6)}"
         command = wrapped_command(self.run_dir, pgid_file, argv, env, timeout_s)
+        spool, unpack = self._take_pending()
+        if unpack is not None:
+            command = f"{unpack[0]} && {command}"
         what = f"{Path(argv[0]).name} on ssh {self.host}"
 
         def kill_on_board():
@@ -338,8 +386,11 @@ class SshTransport(Transport):
                 pass  # the board's watchdog kills it shortly after the timeout
 
         def step():
-            result = run_local(self._ssh_argv(command), None, None, timeout_s, what, on_timeout=kill_on_board)
+            result = run_local(self._ssh_argv(command), None, None, timeout_s, what, stdin_path=spool,
+                               on_timeout=kill_on_board)
             err = self._failure(result.stderr, "run") if result.returncode == 255 else None
+            if err is None and unpack is not None and result.returncode in (90, 91, 92):
+                err = self._push_failure(result, unpack[1])
             if err is not None:
                 raise err
             return result
@@ -348,6 +399,7 @@ class SshTransport(Transport):
 
     def pull(self, remote_path: str, local: Path) -> None:
         self._check_open()
+        self._flush()
         source = f"{self.run_dir}/{check_remote_name(inside(self.run_dir, remote_path))}"
         local = Path(local).resolve()
 
@@ -382,4 +434,7 @@ class SshTransport(Transport):
         try:
             self._stop_master(grace_s=60.0)  # the master's session removes the run dir, then the connection ends
         finally:
+            for spool in [*self._sent, self._spool]:  # queued pushes never sent are dropped with the run dir
+                if spool is not None:
+                    spool.close()
             shutil.rmtree(self._private, ignore_errors=True)
