@@ -145,7 +145,9 @@ def main() -> None:
         try:
             if args.bundle:
                 model = next(p for p in sorted(args.bundle.iterdir()) if p.suffix in (".onnx", ".tflite"))
-                golden, what = args.bundle / "golden", f"bundle `{args.bundle.name}` ({model.name})"
+                golden, what = args.bundle / "golden", (
+                    f"bundle `{args.bundle.name}` ({model.name}, built by `edgepipe build` before this run: the "
+                    "tiny example, examples/tiny-mm.yaml, with `targets: [ssh-loopback-onnx-int8]`)")
             else:
                 model, golden = make_model(tmp)
                 what = "a 3-layer ONNX MLP (128-256-256-10, fp32) made by the tool"
