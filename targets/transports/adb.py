@@ -10,18 +10,17 @@ Tested against a fake `adb` (tests/fake_adb.py) that re-parses its argv like the
 """
 from __future__ import annotations
 
-import os
 import secrets
 import shlex
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from pipeline.errors import TransportError
 
 from ..transport import RunResult, Transport, check_argv, check_remote_name, run_local
-from .posix import control_dir, inside, kill_command, wrapped_command
+from .posix import (CONTAINED, PULL_CHECK, control_dir, inside, kill_command, pull_check_error, pulled_into,
+                    with_retries, wrapped_command)
 
 # adb's own complaints (first line of its output), and those that mean "not reachable right now" (worth a retry).
 _ADB_PREFIXES = ("error: device", "error: no devices", "error: closed", "error: protocol fault",
@@ -74,18 +73,7 @@ class AdbTransport(Transport):
         return err
 
     def _with_retries(self, step):
-        attempt = 0
-        while True:
-            self.attempts += 1
-            try:
-                return step()
-            except TransportError as err:
-                if not getattr(err, "retryable", False) or attempt >= self.retries:
-                    if attempt:
-                        raise TransportError(f"{err} (after {attempt + 1} attempts)") from err
-                    raise
-                _sleep(self.retry_backoff_s * 2 ** attempt)
-                attempt += 1
+        return with_retries(step, self.retries, self.retry_backoff_s, _sleep)
 
     def _shell(self, script: str, *args: str, timeout_s: float = 60.0, action: str = "shell") -> RunResult:
         result = self._adb_run(["shell", shlex.join(["sh", "-c", script, "edgepipe", *args])], timeout_s,
@@ -97,6 +85,7 @@ class AdbTransport(Transport):
         return result
 
     def _make_run_dir(self) -> None:
+        self.attempts += 1
         candidate = f"{self.workdir}/run-{secrets.token_hex(8)}"
         result = self._shell('mkdir -p "$1" && mkdir "$2" "$3" && cd "$2" && pwd -P', self.workdir, candidate,
                              control_dir(candidate), action="mkdir")
@@ -110,10 +99,6 @@ class AdbTransport(Transport):
         if self._closed or self.run_dir is None:
             raise TransportError(f"adb transport to {self.serial} is closed")
 
-    # "$1" must resolve inside the run dir "$2" (a symlink made there by a command must not redirect a copy)
-    _CONTAINED = ('r=$(realpath "$1" 2>/dev/null || readlink -f "$1") || exit 3; '
-                  'case "$r" in "$2"|"$2"/*) ;; *) echo "resolves to $r" >&2; exit 3;; esac; ')
-
     # ------------------------------------------------------------------ Transport
 
     def push(self, local: Path, remote_name: str) -> str:
@@ -125,7 +110,7 @@ class AdbTransport(Transport):
             raise TransportError(f"cannot push {local}: no such file or directory")
 
         def step():
-            prep = self._shell('mkdir -p "$1" && ' + self._CONTAINED + 'rm -rf "$3"', parent, self._real_run_dir,
+            prep = self._shell('mkdir -p "$1" && ' + CONTAINED + 'rm -rf "$3"', parent, self._real_run_dir,
                                target, action="push")
             if prep.returncode != 0:
                 raise TransportError(f"cannot push to {remote_name!r} on adb {self.serial}: outside the run dir")
@@ -161,27 +146,15 @@ class AdbTransport(Transport):
         self._check_open()
         source = f"{self.run_dir}/{check_remote_name(inside(self.run_dir, remote_path))}"
         local = Path(local).resolve()
-        check = self._shell('[ -e "$1" ] || exit 4; ' + self._CONTAINED, source, self._real_run_dir, action="pull")
-        if check.returncode == 4:
-            raise TransportError(f"cannot pull {remote_path}: no such file or directory on adb {self.serial}")
-        if check.returncode != 0:
-            raise TransportError(f"cannot pull {remote_path}: outside the run dir")
-        local.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".edgepipe-pull-", dir=local.parent))
-        try:
-            result = self._adb_run(["pull", source, str(staging / "item")], 600.0, "pull on adb")
+        check = self._shell(PULL_CHECK, source, self._real_run_dir, action="pull")
+        err = pull_check_error(check.returncode, check.stderr, remote_path, f"adb {self.serial}")
+        if err is not None:
+            raise err
+        with pulled_into(local, remote_path) as item:
+            result = self._adb_run(["pull", source, str(item)], 600.0, "pull on adb")
             if result.returncode != 0:
                 raise self._failure(result, "pull") or TransportError(
                     f"adb {self.serial}: pull failed: {' '.join(result.stderr.split())[-300:]}")
-            got = staging / "item"
-            if got.is_dir():
-                shutil.copytree(got, local, dirs_exist_ok=True)
-            else:
-                os.replace(got, local)
-        except OSError as exc:
-            raise TransportError(f"cannot pull {remote_path} to {local}: {exc}") from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def probe(self, timeout_s: float = 120.0) -> dict:
         """With Python on the device, the shared probe snippet; without, uname/getprop and /proc/cpuinfo read by

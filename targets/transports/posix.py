@@ -10,9 +10,14 @@ lost connection cannot leave a process behind either.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
 import shlex
+import shutil
+import tempfile
+from pathlib import Path
 
 from pipeline.errors import TransportError
 
@@ -84,3 +89,55 @@ def inside(run_dir: str, remote_path: str) -> str:
     if not remote_path.startswith(prefix):
         raise TransportError(f"cannot pull {remote_path!r}: outside the run dir {run_dir}")
     return remote_path[len(prefix):]
+
+
+# "$1" must resolve inside the run dir "$2": a symlink made there by a command must not redirect a push or a pull.
+CONTAINED = ('r=$(realpath "$1" 2>/dev/null || readlink -f "$1") || exit 3; '
+             'case "$r" in "$2"|"$2"/*) ;; *) echo "resolves to $r" >&2; exit 3;; esac; ')
+# Before a pull: "$1" exists (else exit 4) and resolves inside the run dir "$2" (else exit 3).
+PULL_CHECK = '[ -e "$1" ] || exit 4; ' + CONTAINED
+
+
+def pull_check_error(returncode: int, stderr: str, remote_path: str, device: str) -> TransportError | None:
+    """What it does: the exit status of PULL_CHECK -> the TransportError that refuses the pull, or None."""
+    if returncode == 4:
+        return TransportError(f"cannot pull {remote_path}: no such file or directory on {device}")
+    if returncode != 0:
+        return TransportError(f"cannot pull {remote_path}: outside the run dir ({' '.join(stderr.split())[-200:]})")
+    return None
+
+
+@contextlib.contextmanager
+def pulled_into(local: Path, remote_path: str):
+    """What it does: yields a staging path beside `local` for a pull's download; then it becomes `local` (a folder
+    merges into it, as the local transport's pull does). Nothing half-copied lands at `local` itself."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".edgepipe-pull-", dir=local.parent))
+    try:
+        item = staging / "item"
+        yield item
+        if item.is_dir():
+            shutil.copytree(item, local, dirs_exist_ok=True)
+        else:
+            os.replace(item, local)
+    except OSError as exc:
+        raise TransportError(f"cannot pull {remote_path} to {local}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def with_retries(step, retries: int, backoff_s: float, sleep):
+    """What it does: runs `step` (which raises TransportError); an error marked `retryable` (the device could not be
+    reached) is tried again up to `retries` times, after `sleep(backoff_s)`, then twice that, ... Anything else
+    (a timeout, a host key, a refused key, a failing command) is raised at once."""
+    attempt = 0
+    while True:
+        try:
+            return step()
+        except TransportError as err:
+            if not getattr(err, "retryable", False) or attempt >= retries:
+                if attempt:
+                    raise TransportError(f"{err} (after {attempt + 1} attempts)") from err
+                raise
+            sleep(backoff_s * 2 ** attempt)
+            attempt += 1

@@ -30,18 +30,14 @@ from pipeline.errors import TransportError
 
 from ..ssh_loopback import find_program, load_record, setup_loopback  # noqa: F401  (SETUPS names it here)
 from ..transport import RunResult, Transport, check_argv, check_remote_name, run_local
-from .posix import control_dir, inside, kill_command, wrapped_command
+from .posix import (PULL_CHECK, control_dir, inside, kill_command, pull_check_error, pulled_into, with_retries,
+                    wrapped_command)
 
 # ssh's own complaints (exit 255) that mean "could not reach the board": worth a retry with back-off.
 _CONNECTION_ERRORS = ("connection refused", "connection timed out", "operation timed out", "no route to host",
                       "network is unreachable", "connection reset", "connection closed", "kex_exchange_identification",
                       "could not resolve hostname", "broken pipe", "connection lost", "timeout, server")
 
-
-# Both paths resolved on the board must stay in the run dir: a symlink made there by a command must not
-# redirect a push or a pull elsewhere.
-_CONTAINED = ('r=$(realpath "$1" 2>/dev/null || readlink -f "$1") || exit 3; '
-              'case "$r" in "$2"|"$2"/*) ;; *) echo "resolves to $r" >&2; exit 3;; esac; ')
 
 
 def _sleep(seconds: float) -> None:  # the back-off wait (a seam for tests that count the waits)
@@ -190,19 +186,7 @@ class SshTransport(Transport):
         return err
 
     def _with_retries(self, step, action: str):
-        """Run `step` (raising TransportError); connection failures are tried again `retries` times, waiting
-        retry_backoff_s, then twice that, ... Timeouts, key and auth failures are never retried."""
-        attempt = 0
-        while True:
-            try:
-                return step()
-            except TransportError as err:
-                if not getattr(err, "retryable", False) or attempt >= self.retries:
-                    if attempt:
-                        raise TransportError(f"{err} (after {attempt + 1} attempts)") from err
-                    raise
-                _sleep(self.retry_backoff_s * 2 ** attempt)
-                attempt += 1
+        return with_retries(step, self.retries, self.retry_backoff_s, _sleep)
 
     # The master connection's own session: make the run dir (and the control dir beside it), say where it really
     # is, then hold until our end of its stdin closes (close(), or this process dying) and remove both. So the board
@@ -404,26 +388,12 @@ class SshTransport(Transport):
         local = Path(local).resolve()
 
         def step():
-            check = self._remote('[ -e "$1" ] || exit 4; ' + _CONTAINED, source, self._real_run_dir,
-                                 action="pull")
-            if check.returncode == 4:
-                raise TransportError(f"cannot pull {remote_path}: no such file or directory on ssh {self.dest}")
-            if check.returncode != 0:
-                raise TransportError(f"cannot pull {remote_path}: outside the run dir "
-                                     f"({' '.join(check.stderr.split())[-200:]})")
-            local.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".edgepipe-pull-", dir=local.parent))
-            try:
-                self._scp(self._scp_remote(source), str(staging / "item"), "pull")
-                got = staging / "item"
-                if got.is_dir():
-                    shutil.copytree(got, local, dirs_exist_ok=True)
-                else:
-                    os.replace(got, local)
-            except OSError as exc:
-                raise TransportError(f"cannot pull {remote_path} to {local}: {exc}") from exc
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            check = self._remote(PULL_CHECK, source, self._real_run_dir, action="pull")
+            err = pull_check_error(check.returncode, check.stderr, remote_path, f"ssh {self.dest}")
+            if err is not None:
+                raise err
+            with pulled_into(local, remote_path) as item:
+                self._scp(self._scp_remote(source), str(item), "pull")
 
         self._with_retries(step, "pull")
 
