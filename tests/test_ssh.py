@@ -7,6 +7,7 @@ import platform
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,21 @@ def test_run_agent_profiles_a_tiny_onnx_model_over_ssh(board, tmp_path):
     assert result["ok"] and result["agent_exit_code"] == 0 and result["golden"]["passed"] == 1
     assert len(result["samples_ms"]) == 25 and result["latency_ms"]["min"] <= result["latency_ms"]["p50"]
     assert board.agent_remote == f"{board.run_dir}/edgepipe_agent.py"
+
+
+def test_a_vanished_host_leaves_nothing_on_the_board(loopback, tmp_path):
+    from targets.transports.ssh import SshTransport
+
+    t = SshTransport(**ssh_fields(loopback), workdir=str(tmp_path / "board"))
+    run_dir = Path(t.run_dir)
+    assert run_dir.is_dir()
+    t._master.kill()  # the build process dies: its connection drops without any cleanup command
+    t._master.wait()
+    deadline = time.monotonic() + 15
+    while run_dir.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not run_dir.exists() and not Path(f"{run_dir}.ctl").exists()
+    t.close()
 
 
 def _other_key_line(loopback, tmp_path) -> str:
