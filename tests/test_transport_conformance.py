@@ -12,7 +12,8 @@ import pytest
 from pipeline.errors import TransportError
 from targets.transport import run_agent
 
-from .boards import FAKE_ADB, adb_workdir, fake_adb_env, hang_argv, loopback, marker, ssh_fields, wait_count  # noqa: F401
+from .boards import (FAKE_ADB, adb_workdir, count_processes, fake_adb_env, hang_argv, loopback, marker,  # noqa: F401
+                     ssh_fields, wait_count)
 from .test_transport import _tiny_model_and_golden
 
 KINDS = ["local", "ssh", "adb"]
@@ -60,9 +61,13 @@ def test_push_run_pull_contract(device, tmp_path):
 
 def test_timeout_kills_everything_the_command_started(device):
     mark = marker()
-    with pytest.raises(TransportError, match="timed out after 2 s"):
+    with pytest.raises(TransportError, match=r"^sh on \S+( \S+)? timed out after 2 s$"):
         device.run(hang_argv(mark), timeout_s=2)
-    assert wait_count(mark) == 0
+    assert wait_count(mark) == 0  # the hung command and the grandchild it started are gone from the device
+    run_dir = getattr(device, "run_dir", None)
+    if run_dir is not None:  # the device-side wrapper and its watchdog too
+        assert count_processes(f"edgepipe-run {run_dir}") == 0
+    assert device.run(["true"], timeout_s=30).returncode == 0  # the transport is still usable
 
 
 def test_hostile_names_and_arguments(device, tmp_path):
