@@ -41,6 +41,19 @@ def pytest_make_collect_report(collector):
             report.longrepr = f"module skipped under EDGEPIPE_REQUIRE_ALL=1: {reason}"
 
 
+# Heaviest first, so that under pytest-xdist (`-n 2 --dist loadfile`, the README's test command) the builds that take
+# minutes start at once and the short tests fill the other worker around them; a stable sort keeps file order.
+_FIRST = ("test_default_release.py", "test_e2e.py", "test_install.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def weight(item):
+        name = item.path.name
+        return (_FIRST.index(name) if name in _FIRST else len(_FIRST)) if item.get_closest_marker("slow") else 99
+
+    items.sort(key=weight)
+
+
 # One stage cache for every CLI build of the session that does not name its own (--cache-dir or $EDGEPIPE_CACHE):
 # the tiny model is trained, referenced and exported once, not once per test. Tests about the cache itself
 # (damage, kill and resume, reproducibility across caches) pass their own.

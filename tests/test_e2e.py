@@ -102,10 +102,11 @@ def test_warm_rebuild_hits_cache_and_is_byte_identical(default_build):
 
 
 def test_fresh_builds_are_reproducible_and_a_killed_build_resumes(tmp_path):
-    """Two caches, no timings (profile: false): a clean build and a build SIGKILLed inside quantize_onnx
-    then resumed must give byte-identical archives."""
+    """Two caches, no timings (profile: false): the session's shared cache (its stages computed from scratch by
+    the session's first tiny build) and a fresh cache whose build is SIGKILLed inside quantize_onnx then resumed
+    must give byte-identical archives."""
     cfg = write_release(tmp_path / "r.yaml", profile=False)
-    a = run_cli(["build", str(cfg), "--no-progress", "--cache-dir", "ca", "--dist", "da"], tmp_path)
+    a = run_cli(["build", str(cfg), "--no-progress", "--dist", "da"], tmp_path)
     assert a.returncode == 0, a.stdout + a.stderr
     killed = run_cli(["build", str(cfg), "--no-progress", "--cache-dir", "cb", "--dist", "db"], tmp_path,
                      kill_at="quantize_onnx")
