@@ -31,6 +31,8 @@ Latency percentiles use numpy.percentile with its default linear interpolation; 
 from __future__ import annotations
 
 import argparse
+import array
+import gc
 import importlib
 import json
 import os
@@ -632,16 +634,49 @@ def latency_stats(durations_ns: list) -> dict:
     return {k: round(float(v), 6) for k, v in stats.items()}
 
 
+# Run markers for an emulator that counts instructions (targets/transports/qemu.py sets the variable):
+# lseek(/dev/null, magic offset) succeeds and returns 0, and the emulator's plugin sees the call (targets/qemu_insn.c).
+MARKER_ENV = "EDGEPIPE_INSN_MARKERS"
+_MARK_START, _MARK_STOP, _MARK_WARM = 0x4544474550495001, 0x4544474550495002, 0x4544474550495000
+
+
+def _marker():
+    """-> mark(offset): one marker call (a no-op seek on /dev/null), or None when nobody counts."""
+    if os.environ.get(MARKER_ENV) != "1":
+        return None
+    fd = os.open(os.devnull, os.O_RDONLY)
+    return lambda offset: os.lseek(fd, offset, os.SEEK_SET)
+
+
 def time_runs(session: Session, feeds: dict, warmup: int, iterations: int, samples: list | None = None) -> dict:
     """Wall time of `session.run` (includes feed checks and TFLite (de)quantization, as a caller would pay);
-    `samples` (a list) receives each run's milliseconds, in run order."""
-    for _ in range(warmup):
-        session.run(feeds)
-    durations = []
-    for _ in range(iterations):
-        start = time.perf_counter_ns()
-        session.run(feeds)
-        durations.append(time.perf_counter_ns() - start)
+    `samples` (a list) receives each run's milliseconds, in run order. With EDGEPIPE_INSN_MARKERS=1 each timed run
+    is bracketed by the run markers."""
+    mark = _marker()
+    # like timeit: no cyclic garbage collection while measuring, or a collection lands in some runs only (from
+    # before the warm-up, so the runs after a collection are not the timed ones)
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    # preallocated and flat: a list growing (or int objects piling up) between runs would change the heap the
+    # next run allocates from, and with it the instructions that run executes
+    durations = array.array("q", bytes(8 * iterations))
+    try:
+        # warm-up and timed runs go through the same code (warm-up marks are ignored by the counter): Python
+        # specializes the bytecode it runs often, and a marker path first run in timed runs would count that too
+        for i in range(warmup + iterations):
+            timed = i >= warmup
+            start = time.perf_counter_ns()
+            if mark:
+                mark(_MARK_START if timed else _MARK_WARM)
+            session.run(feeds)
+            if mark:
+                mark(_MARK_STOP if timed else _MARK_WARM)
+            if timed:
+                durations[i - warmup] = time.perf_counter_ns() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if samples is not None:
         samples.extend(round(d / 1e6, 6) for d in durations)
     return latency_stats(durations)

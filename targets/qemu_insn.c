@@ -1,13 +1,14 @@
 /* edgepipe instruction counter: a qemu-user TCG plugin (plugin API version 1, Debian's dynamic qemu 7.2) that
  * counts guest instructions between two marker syscalls and appends one count per marked region to a file.
  *
- * The agent marks each timed inference with write(0x7ff0, "", 0) before and write(0x7ff1, "", 0) after; both fail
- * harmlessly with EBADF in the guest, but the plugin sees them at syscall entry. Counting is an inline add per
- * translated block (no helper call), so emulation stays almost as fast as without the plugin.
+ * The agent marks each timed inference with lseek(fd of /dev/null, MARK_START, SEEK_SET) before and
+ * lseek(..., MARK_STOP, ...) after: on /dev/null both succeed and return 0 (no exception to handle inside the
+ * counted region), and the plugin sees them at syscall entry. Counting is an inline add per translated block (no
+ * helper call), so emulation stays almost as fast as without the plugin.
  *
- * Arguments (-plugin libedgepipe_insn.so,out=FILE,write=NR): out = the file that receives one decimal count per
- * line (appended, flushed per line so a killed run keeps what it counted); write = the guest's write syscall
- * number (64 on aarch64, 1 on x86_64).
+ * Arguments (-plugin libedgepipe_insn.so,out=FILE,lseek=NR): out = the file that receives one decimal count per
+ * line (appended, flushed per line so a killed run keeps what it counted); lseek = the guest's lseek syscall
+ * number (62 on aarch64, 8 on x86_64).
  *
  * Only the declarations this file uses are written out below: the API is a stable C ABI, so no qemu header is
  * needed to build it (gcc -O2 -shared -fPIC).
@@ -39,13 +40,14 @@ extern void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, udata_cb_t cb, v
 
 EXPORT int qemu_plugin_version = 1;
 
-#define MARK_START 0x7ff0
-#define MARK_STOP 0x7ff1
+/* "EDGEPIPE" in ASCII, low byte 1 = start, 2 = stop: an offset no runtime seeks to */
+#define MARK_START 0x4544474550495001ULL
+#define MARK_STOP 0x4544474550495002ULL
 
 static uint64_t executed;      /* guest instructions executed so far (all threads) */
 static uint64_t region_start;
 static int in_region;
-static int64_t write_nr = -1;
+static int64_t lseek_nr = -1;
 static FILE *out;
 
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
@@ -57,14 +59,14 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, uint64_t a1, uint64_t a2,
                        uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8)
 {
-    (void)id; (void)vcpu_index; (void)a2; (void)a3; (void)a4; (void)a5; (void)a6; (void)a7; (void)a8;
-    if (num != write_nr) {
+    (void)id; (void)vcpu_index; (void)a1; (void)a3; (void)a4; (void)a5; (void)a6; (void)a7; (void)a8;
+    if (num != lseek_nr) {
         return;
     }
-    if (a1 == MARK_START) {
+    if (a2 == MARK_START) {
         region_start = executed;
         in_region = 1;
-    } else if (a1 == MARK_STOP && in_region) {
+    } else if (a2 == MARK_STOP && in_region) {
         in_region = 0;
         fprintf(out, "%" PRIu64 "\n", executed - region_start);
         fflush(out);
@@ -87,15 +89,15 @@ EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int
     for (int i = 0; i < argc; i++) {
         if (strncmp(argv[i], "out=", 4) == 0) {
             path = argv[i] + 4;
-        } else if (strncmp(argv[i], "write=", 6) == 0) {
-            write_nr = strtoll(argv[i] + 6, NULL, 10);
+        } else if (strncmp(argv[i], "lseek=", 6) == 0) {
+            lseek_nr = strtoll(argv[i] + 6, NULL, 10);
         } else {
-            fprintf(stderr, "edgepipe_insn: unknown argument %s (expected out=FILE, write=NR)\n", argv[i]);
+            fprintf(stderr, "edgepipe_insn: unknown argument %s (expected out=FILE, lseek=NR)\n", argv[i]);
             return -1;
         }
     }
-    if (path == NULL || write_nr < 0) {
-        fprintf(stderr, "edgepipe_insn: needs out=FILE and write=NR\n");
+    if (path == NULL || lseek_nr < 0) {
+        fprintf(stderr, "edgepipe_insn: needs out=FILE and lseek=NR\n");
         return -1;
     }
     out = fopen(path, "a");

@@ -95,6 +95,11 @@ class Transport(ABC):
             )
         return info
 
+    def agent_record(self, answer: dict) -> dict:
+        """The agent's parsed JSON -> the record this device stands behind. Real devices keep it as it is; an
+        emulated one renames wall time (it is not latency) and adds its own cost figure (targets/transports/qemu.py)."""
+        return answer
+
     def __enter__(self):
         return self
 
@@ -141,7 +146,7 @@ def run_agent(transport: Transport, agent_args: list, timeout_s: float, threads:
     if result.returncode not in (0, 3):
         raise TransportError(f"agent on {transport.kind} reported ok but exited {result.returncode}")
     answer["agent_exit_code"] = result.returncode
-    return answer
+    return transport.agent_record(answer)
 
 
 def kill_group(pgid: int) -> None:
