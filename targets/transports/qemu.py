@@ -94,8 +94,9 @@ class QemuTransport(LocalTransport):
         return view
 
     def _env(self, extra: dict | None) -> dict:
-        env = {"LANG": "C.UTF-8", "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(self.workdir),
-               "TMPDIR": str(self.workdir)}
+        # a fixed hash seed: str hashes decide dict and set layouts, and with them the instructions a run executes
+        env = {"LANG": "C.UTF-8", "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+               "HOME": str(self.workdir), "TMPDIR": str(self.workdir)}
         if self.arch == "aarch64":  # guest paths: the sysroot's own (qemu -L resolves them)
             env.update(PATH="/usr/bin:/bin", PYTHONPATH="/" + self.device_site_packages())
         else:
