@@ -93,6 +93,21 @@ def _shape_fits(expected, got) -> bool:
     return len(expected) == len(got) and all(e < 0 or e == g for e, g in zip(expected, got))
 
 
+_NP_DTYPES: dict = {}
+
+
+def _dtype_is(arr: np.ndarray, name: str) -> bool:
+    """arr.dtype is the dtype called `name`. Not `arr.dtype.name == name`: numpy 2 builds that name in Python code
+    on every call (~20 k instructions, and not the same number every run), which is most of a tiny model's run."""
+    want = _NP_DTYPES.get(name)
+    if want is None:
+        try:
+            want = _NP_DTYPES[name] = np.dtype(name)
+        except TypeError:  # a runtime type numpy cannot express (e.g. OpenVINO's): compare by name
+            return arr.dtype.name == name
+    return arr.dtype == want
+
+
 def _import_runtime(module: str, fmt: str):
     try:
         return importlib.import_module(module)
@@ -144,7 +159,7 @@ class Session:
             if det.name not in feeds:
                 raise AgentError(f"input '{det.name}': missing feed (expected {_fmt_shape(det.shape)} {det.dtype})")
             arr = np.asarray(feeds[det.name])
-            if arr.dtype.name != det.dtype or not _shape_fits(det.shape, arr.shape):
+            if not _dtype_is(arr, det.dtype) or not _shape_fits(det.shape, arr.shape):
                 raise AgentError(
                     f"input '{det.name}': expected {_fmt_shape(det.shape)} {det.dtype}, "
                     f"got {_fmt_shape(arr.shape)} {arr.dtype.name}"
@@ -433,7 +448,7 @@ class TfliteSession(Session):
 
 
 def _tflite_cast(det: TensorDetail, arr: np.ndarray, feed_name: str) -> np.ndarray:
-    if arr.dtype.name == det.dtype:
+    if _dtype_is(arr, det.dtype):
         return arr
     if det.scale is not None and arr.dtype.kind == "f":
         return quantize(arr, det.scale, det.zero_point, det.dtype)

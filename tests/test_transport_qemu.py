@@ -308,3 +308,65 @@ def test_setup_is_idempotent_and_content_addressed(arm64_device):
     assert json.loads((Path(again["path"]) / "device.json").read_text())["inputs"] == recipe_inputs()
     assert again["runtimes"]["onnxruntime"] == arm64_device["runtimes"]["onnxruntime"]
     assert Path(again["plugin"]).is_file() and os.access(again["python"], os.R_OK)
+
+
+def test_qemu_transport_config_is_checked():
+    from pydantic import ValidationError
+
+    from pipeline.target_config import QemuTransportConfig
+
+    assert QemuTransportConfig(kind="qemu").arch == "aarch64"
+    with pytest.raises(ValidationError, match="sysroot applies to arch aarch64"):
+        QemuTransportConfig(kind="qemu", arch="x86_64", cpu="Haswell-noTSX", sysroot="qemu-arm64")
+    with pytest.raises(ValidationError):
+        QemuTransportConfig(kind="qemu", cpu="cortex-a53; rm -rf /")
+    with pytest.raises(TransportError, match="arch must be aarch64 or x86_64"):
+        _qemu("riscv64", "rv64")
+
+
+@pytest.mark.slow
+def test_openvino_runs_on_the_emulated_a53(arm64_device, models):
+    """OpenVINO's aarch64 wheel runs under qemu 7.2 (A53): the same int8 ONNX file, outputs close to the host's
+    (its ARM kernels are not bit-exact with x86; the difference is reported in output steps)."""
+    pytest.importorskip("openvino")
+    host = agent.open_model(str(models["onnx"]), "openvino", 1)
+    feeds = [{"x": x} for x in inputs(3, seed=5)]
+    golden = agent.write_golden(Path(models["onnx"]).parent / "golden-openvino", feeds,
+                                [host.run(f) for f in feeds], atol=models["onnx_step"], rtol=0.0)
+    with _qemu("aarch64", "cortex-a53") as t:
+        model = t.push(models["onnx"], models["onnx"].name)
+        remote_golden = t.push(golden, "golden")
+        record = run_agent(t, ["--model", model, "--format", "openvino", "--threads", "1", "--warmup", "3",
+                               "--iterations", "3", "--golden", remote_golden], timeout_s=600, threads=1)
+    assert record["runtime"] == "openvino" and record["machine"] == "aarch64"
+    assert record["golden"]["passed"] == 3, record["golden"]["failures"]  # within one output step of the host
+    assert record["instructions"]["runs"] == 3
+
+
+@pytest.mark.slow
+def test_build_publishes_emulated_targets(tmp_path):
+    """`edgepipe build` with an emulated A53 and an emulated Haswell target: device facts, the resolved precise
+    mode, emulated records (no latency_ms) in the manifests, latency.md and the report."""
+    _need("qemu-aarch64")
+    from targets.emulator import setup_qemu_arm64, setup_qemu_x86_64
+
+    from .conftest import run_cli, write_release
+
+    setup_qemu_arm64()
+    setup_qemu_x86_64()
+    cfg = write_release(tmp_path / "r.yaml", release="qemu-e2e",
+                        targets=["qemu-a53-tflite-int8", "qemu-haswell-onnx-int8"])
+    proc = run_cli(["build", str(cfg), "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    root = tmp_path / "dist" / "qemu-e2e"
+    for name, arch in (("qemu-a53-tflite-int8", "aarch64"), ("qemu-haswell-onnx-int8", "x86_64")):
+        manifest = json.loads((root / name / "manifest.json").read_text())
+        assert manifest["device"]["arch"] == arch and manifest["device"]["emulated"] is True
+        latency = manifest["latency"]
+        assert "latency_ms" not in latency and latency["emulated_wall_ms"]["p50"] > 0
+        assert latency["instructions"]["spread"] < 0.01 and latency["golden"]["failures"] == []
+        assert "these are not latencies" in (root / name / "latency.md").read_text()
+    haswell = json.loads((root / "qemu-haswell-onnx-int8" / "manifest.json").read_text())
+    assert haswell["device"]["int8_class"] == "avx2"
+    assert haswell["latency"]["runtime_config"]["session_config"] == {"session.x64quantprecision": "1"}
+    assert "emulated: not a latency" in (root / "report.html").read_text()
