@@ -94,7 +94,10 @@ def qemu_version(binary: str) -> str:
 
 
 def pinned_versions(constraints: Path = REPO_CONSTRAINTS) -> dict[str, str]:
-    """What it does: constraints.txt -> {wheel: version} for the runtimes the sysroot gets (same as the host's)."""
+    """What it does: constraints.txt -> {wheel: version} for the runtimes the sysroot gets (same as the host's);
+    outside a checkout (an installed wheel has no constraints.txt) the versions installed here."""
+    if not constraints.is_file():
+        return _installed_versions()
     pins = {}
     try:
         lines = constraints.read_text().splitlines()
@@ -107,6 +110,19 @@ def pinned_versions(constraints: Path = REPO_CONSTRAINTS) -> dict[str, str]:
     missing = [w for w in WHEELS if w not in pins]
     if missing:
         raise SetupError(f"{constraints} pins no version for {', '.join(missing)}")
+    return pins
+
+
+def _installed_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    pins = {}
+    for wheel in WHEELS:
+        try:
+            pins[wheel] = metadata.version(wheel)
+        except metadata.PackageNotFoundError as exc:
+            raise SetupError(f"no constraints.txt here and {wheel} is not installed: cannot tell which version the "
+                             f"emulated device should get (pip install edgepipe[all])") from exc
     return pins
 
 
@@ -175,7 +191,8 @@ def _install_wheels(sysroot: Path, pins: dict) -> dict:
     target = sysroot / SITE_PACKAGES
     argv = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--target", str(target),
             "--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11", "--abi", "cp311",
-            *(a for p in PLATFORMS for a in ("--platform", p)), "-c", str(REPO_CONSTRAINTS),
+            *(a for p in PLATFORMS for a in ("--platform", p)),
+            *(["-c", str(REPO_CONSTRAINTS)] if REPO_CONSTRAINTS.is_file() else []),
             *(f"{w}=={v}" for w, v in sorted(pins.items()))]
     _run(argv, "installing aarch64 wheels", env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
     found = {}
@@ -234,7 +251,12 @@ def _build_sysroot(final: Path) -> dict:
                 "python_in_sysroot": SYSROOT_PYTHON, "site_packages": SITE_PACKAGES,
                 "size_bytes": _size(tmp), "build_s": round(time.monotonic() - start, 1)}
         (tmp / "device.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another setup finished the same inputs first: its result is as good as ours
+            if not (final / "device.json").is_file():
+                raise
+            return json.loads((final / "device.json").read_text())
         _say(f"qemu-arm64 ready in {meta['build_s']} s: {final} ({meta['size_bytes'] / 2**20:.0f} MiB)")
         return meta
     finally:
