@@ -27,6 +27,8 @@ CLI: python agent.py --model PATH --format onnx|openvino|tflite --threads N --wa
 stdout gets exactly one JSON line; exit 0 = ok, 1 = error ({"ok": false, "error": "<one line>"}),
 3 = ran fine but some golden vectors failed (the JSON still says ok true; the host decides).
 Latency percentiles use numpy.percentile with its default linear interpolation; std is the population std.
+With EDGEPIPE_INSN_MARKERS=1 in its environment (the qemu transport sets it) the agent brackets every timed run
+with marker syscalls that an emulator's instruction-count plugin sees (see time_runs).
 """
 from __future__ import annotations
 
