@@ -101,7 +101,12 @@ def main() -> None:
         f"{host['onnx']['latency_ms']['p50']:.4f} ms, TFLite {host['tflite']['latency_ms']['p50']:.4f} ms.", "",
         "Instructions are guest instructions executed between the agent's run markers (targets/qemu_insn.c), median "
         "over the counted runs; spread = (max - min) / median. They count which kernels the runtime picked for the "
-        "emulated CPU's features, not cycles: in-order and out-of-order cores of the same ISA get the same count. "
+        "emulated CPU, not cycles: onnxruntime chooses by features (A53 = A72 without dot product, A76 with it), "
+        "XNNPACK (LiteRT) also by core type (its Cortex-A53-tuned kernels: A53 != A72 though both lack dot "
+        "product). Each run includes the agent's Python side of a call (feed checks; for TFLite the float->int8 "
+        "input quantization and output dequantization, ~140 k instructions here): what a Python caller pays. The "
+        "spread comes from that side too: a few thousand instructions at fixed run positions, the same in every "
+        "process (PYTHONHASHSEED=0), so two processes give the same counts. "
         "The wall-time ratio is emulated wall p50 / host wall p50: it is not a slow-down factor of any real device, "
         "and it changes with the model and the runtime. 'same as host' compares the outputs with the host's for "
         "the same file (golden vectors with atol = rtol = 0).", "",
