@@ -98,16 +98,13 @@ class QemuTransport(LocalTransport):
         env = {"LANG": "C.UTF-8", "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
                "HOME": str(self.workdir), "TMPDIR": str(self.workdir)}
         if self.arch == "aarch64":  # guest paths: the sysroot's own (qemu -L resolves them)
-            env.update(PATH="/usr/bin:/bin", PYTHONPATH="/" + self.device_site_packages())
+            from ..emulator import SITE_PACKAGES
+
+            env.update(PATH="/usr/bin:/bin", PYTHONPATH="/" + SITE_PACKAGES)
         else:
             env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"))
         env.update({str(k): str(v) for k, v in (extra or {}).items()})
         return env
-
-    def device_site_packages(self) -> str:
-        from ..emulator import SITE_PACKAGES
-
-        return SITE_PACKAGES
 
     # ---------------------------------------------------------------- Transport
 
