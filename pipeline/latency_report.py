@@ -43,7 +43,8 @@ def part_row(name: str, rec: dict) -> dict:
             "threads": rec.get("threads"), "emulated": bool(rec.get("emulated")),
             **{k: lat.get(k) for k in _PERCENTILES}, "load_ms": rec.get("load_ms"),
             "peak_rss_bytes": rec.get("peak_rss_bytes"), "iterations": rec.get("iterations"),
-            "emulated_p50_ms": emu.get("p50"), "instructions": (rec.get("instructions") or {}).get("per_inference")}
+            "emulated_p50_ms": emu.get("p50"), "instructions": (rec.get("instructions") or {}).get("per_inference"),
+            "on_device": (rec.get("on_device_verification") or {}).get("summary")}
 
 
 def latency_md(target: str, device: dict | None, parts: dict[str, dict], picture: str | None) -> str:
@@ -64,8 +65,16 @@ def latency_md(target: str, device: dict | None, parts: dict[str, dict], picture
                   "| part | runtime | instructions / inference | emulated wall p50 ms |", "|---|---|---|---|"]
         lines += [f"| {r['part']} | {r['runtime']} | {r['instructions'] if r['instructions'] is not None else '-'} "
                   f"| {_ms(r['emulated_p50_ms'])} |" for r in emulated]
+    checked = [r for r in rows if r["on_device"]]
+    if checked:
+        lines += ["", "## Verified on the device", "",
+                  "Eval samples run by the agent where the target runs, compared with the fp32 reference and with "
+                  "the build host's outputs for the same file (differences in output-quantization steps).", ""]
+        lines += [f"- {r['part']}: {r['on_device']}" for r in checked]
     for name, rec in parts.items():
         ops = rec.get("op_profile") or {}
+        if ops and not ops.get("available", True):
+            lines += ["", f"Per-op profile of {name}: not available ({ops.get('reason', 'no reason given')})."]
         if ops.get("top"):
             lines += ["", f"## Slowest ops of {name} ({ops.get('source', 'runtime profiler')})", "",
                       "| op | type | share | ms per run |", "|---|---|---|---|"]

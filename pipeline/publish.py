@@ -134,6 +134,10 @@ def publish_release(state: BuildState, dist: Path, build: dict | None = None) ->
             entry["sensitivity"] = result.sensitivity
         if result.device is not None:
             entry["device"] = result.device.to_json()
+        if getattr(result, "device_settings", None):
+            entry["device_settings"] = list(result.device_settings)
+        if profile.runtime_options:
+            entry["runtime_options"] = dict(sorted(profile.runtime_options.items()))
         parts = profile_parts(result)
         if parts:  # per-run samples stay in the bundles' latency.png / manifests
             entry["latency_parts"] = {n: {k: v for k, v in r.items() if k != "samples_ms"} for n, r in parts.items()}

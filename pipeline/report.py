@@ -158,11 +158,35 @@ def _latency_html(entries: list[dict]) -> str:
         + ("<td colspan='4'>emulated: not a latency</td>" if r["emulated"] else
            f"<td>{cell(r['p50'])}</td><td>{cell(r['p90'])}</td><td>{cell(r['p99'])}</td><td>{cell(r['load_ms'])}</td>")
         + f"<td>{cell(r['peak_rss_bytes'] / 1048576 if r['peak_rss_bytes'] else None, '{:.1f}')}</td>"
-        f"<td>{cell(r['instructions'], '{:,}')}</td></tr>" for r in rows)
+        f"<td>{cell(r['instructions'], '{:,}')}</td><td style='text-align:left'>{html.escape(r['on_device'] or '-')}"
+        "</td></tr>" for r in rows)
     return ("<h2>On-device latency</h2><p>Each bundle's latency.md has the histogram, CDF and slowest ops. "
             "Emulated devices report instructions retired per inference (repeatable), not time.</p>"
             "<table><tr><th>target</th><th>part</th><th>device</th><th>runtime</th><th>p50 ms</th><th>p90 ms</th>"
-            f"<th>p99 ms</th><th>load ms</th><th>peak RSS MiB</th><th>instructions</th></tr>{body}</table>\n")
+            f"<th>p99 ms</th><th>load ms</th><th>peak RSS MiB</th><th>instructions</th><th>verified on the device</th>"
+            f"</tr>{body}</table>\n")
+
+
+def _device_settings_html(entries: list[dict]) -> str:
+    """What it does: index entries -> the report's section on int8 settings resolved from each target's device
+    (with the reason), and the runtime options its bundle is opened with."""
+    rows = []
+    for e in entries:
+        for s in e.get("device_settings") or []:
+            rows.append(f"<tr><td style='text-align:left'>{html.escape(e['target'])}</td>"
+                        f"<td style='text-align:left'>{html.escape(str(s.get('setting', '')))}</td>"
+                        f"<td style='text-align:left'>{html.escape(str(s.get('value', '')))}</td>"
+                        f"<td style='text-align:left'>{html.escape(str(s.get('reason', '')))}</td></tr>")
+        if e.get("runtime_options"):
+            opts = ", ".join(f"{k}={v}" for k, v in e["runtime_options"].items())
+            rows.append(f"<tr><td style='text-align:left'>{html.escape(e['target'])}</td><td style='text-align:left'>"
+                        f"runtime options</td><td style='text-align:left'>{html.escape(opts)}</td>"
+                        "<td style='text-align:left'>opened with these wherever it runs (manifest)</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Device settings</h2><p>Settings resolved from each target's device (never from the build host), "
+            "and why.</p><table><tr><th>target</th><th>setting</th><th>value</th><th>reason</th></tr>"
+            f"{''.join(rows)}</table>\n")
 
 
 def _slowest(row: dict) -> str:
@@ -298,7 +322,7 @@ tr.bad td:last-child{{color:#c00}}</style></head><body>
 <code>{html.escape(index['git_commit'])}</code>.</p>
 <table><tr>{head}</tr>{''.join(body)}</table>
 <h2>Failures</h2><ul>{reasons or '<li>none</li>'}</ul>
-{sens_html}{_study_html(index.get("compression_study"))}{_latency_html(index["targets"])}{_stage_times_html(index.get("build"))}<h2>Latency p50 per target (1 run of the agent, warm-up excluded)</h2>{_latency_svg(index['targets'])}
+{sens_html}{_study_html(index.get("compression_study"))}{_device_settings_html(index["targets"])}{_latency_html(index["targets"])}{_stage_times_html(index.get("build"))}<h2>Latency p50 per target (1 run of the agent, warm-up excluded)</h2>{_latency_svg(index['targets'])}
 </body></html>
 """
 

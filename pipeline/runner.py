@@ -242,7 +242,7 @@ class Runner:
                            example=None if component == "model" else self.component_example(state, component),
                            side_iospecs={n: (c.dataset, c.iospec) for n, c in (getattr(state, "components", None) or {}).items()
                                          if c.side},
-                           device=device, host=state.host if device is not None else None)
+                           device=device, host=getattr(state, "host", None) if device is not None else None)
         inputs = ([artifact.sha256] if artifact else []) + [a.sha256 for _, a in sorted(ctx.deps.items())]
         key = cache_key(name, stage.version, stage.config(ctx), inputs,
                         calibration.fingerprint() if calibration is not None else None, stage.tool_versions())

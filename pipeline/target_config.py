@@ -132,6 +132,8 @@ class BenchmarkConfig(Strict):
     threads: int = Field(1, ge=1, le=256, description="runtime threads (set explicitly in every runtime)")
     warmup: int = Field(10, ge=0, description="untimed runs before timing")
     iterations: int = Field(100, ge=1, description="timed runs")
+    op_profile_runs: int = Field(10, ge=0, le=100000, description="runs with the runtime's per-op profiler on, after "
+                                 "timing (onnxruntime profiler, OpenVINO performance counters); 0: no per-op table")
     timeout_s: float = Field(300.0, gt=0, le=86400, description="wall-clock limit for one agent run (seconds, "
                                                                 "finite, at most 86400 = one day)")
 

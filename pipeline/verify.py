@@ -99,6 +99,8 @@ class Verify(Stage):
             cfg["verified_on"] = ctx.host.identity(ctx.target.runtime)
         if ctx.target.runtime_options:  # the session is opened with them (keys without any stay as they were)
             cfg["runtime_options"] = dict(sorted(ctx.target.runtime_options.items()))
+        if ctx.target.verify_on_device:  # the samples (and host outputs) the device will be checked on
+            cfg["on_device_samples"] = ctx.target.verify_on_device
         return cfg
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
@@ -136,6 +138,12 @@ class Verify(Stage):
         g = ctx.target.gates
         write_golden(ctx.workdir / "golden", [adapt_sample(split.sample(i), artifact) for i in range(k)],
                      [{n: outputs[n][i : i + 1] for n in outputs} for i in range(k)], g.golden_atol, g.golden_rtol)
+        n_dev = min(ctx.target.verify_on_device, len(split))
+        if n_dev:
+            from .device_check import write_set
+
+            feeds = [adapt_sample(split.sample(i), artifact) for i in range(n_dev)]
+            write_set(ctx.workdir / "on_device" / "model", feeds, outputs, reference, labels)
         (ctx.workdir / "verification.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         return ctx.artifact("verification", component=artifact.component, precision=artifact.precision, meta=result)
 
@@ -217,11 +225,14 @@ class VerifyComponents(Stage):
         opened = {n: _open_component(a, n, specs[n][1], threads, ctx.target.runtime_options)
                   for n, a in arts.items()}
         split = ctx.dataset.split("eval")
-        per_component, golden = {}, {}
+        per_component, golden, on_device = {}, {}, {}
         for n, art in arts.items():
             outs, feeds = self._component_outputs(opened[n], art, cref, n, specs[n])
             k = min(ctx.release.golden_count, len(feeds))
             reference = {o: np.load(cref.path(f"eval.{n}.out.{o}.npy")) for o in specs[n][1]}
+            n_dev = min(ctx.target.verify_on_device, len(feeds))
+            if n_dev:
+                on_device[n] = ([adapt_sample(feeds[i], art) for i in range(n_dev)], outs, reference)
             per_component[n] = compare(outs, reference, None, None, specs[n][1][0])
             golden[n] = ([adapt_sample(feeds[i], art) for i in range(k)],
                          [{o: outs[o][i : i + 1] for o in outs} for i in range(k)])
@@ -233,6 +244,10 @@ class VerifyComponents(Stage):
         g = ctx.target.gates
         for n, (samples, expected) in golden.items():
             write_golden(ctx.workdir / "golden" / n, samples, expected, g.golden_atol, g.golden_rtol)
+        for n, (feeds, host, reference) in on_device.items():
+            from .device_check import write_set
+
+            write_set(ctx.workdir / "on_device" / n, feeds, host, reference, None)
         (ctx.workdir / "verification.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         return ctx.artifact("verification", component="components", precision=next(iter(arts.values())).precision,
                             meta=result)

@@ -23,7 +23,7 @@ A new runtime is one more session section and one SESSIONS entry, named as the f
 side's registry (pipeline/formats.py: its agent_session); this file never imports that registry.
 
 CLI: python agent.py --model PATH --format onnx|openvino|tflite --threads N --warmup W --iterations N
-     --golden DIR [--timing-sample K]
+     --golden DIR [--timing-sample K] [--op-profile RUNS] [--eval-inputs X.npz --eval-outputs Y.npz]
 stdout gets exactly one JSON line; exit 0 = ok, 1 = error ({"ok": false, "error": "<one line>"}),
 3 = ran fine but some golden vectors failed (the JSON still says ok true; the host decides).
 Latency percentiles use numpy.percentile with its default linear interpolation; std is the population std.
@@ -172,6 +172,21 @@ class Session:
     def _run(self, feeds: dict) -> dict:
         raise NotImplementedError
 
+    def op_profile(self, feeds: dict, runs: int) -> dict:
+        """Per-op times of `runs` runs on `feeds` from the runtime's own profiler -> {"source", "runs", "total_ms",
+        "ops", "top": [{"name", "type", "ms", "share"}]} (ms per run), or {"available": False, "reason"}."""
+        return {"available": False, "reason": f"{self.runtime_name} has no per-op profiler here"}
+
+
+def summarize_ops(per_op: dict, runs: int, source: str, top: int = 15) -> dict:
+    """(name -> (type, total microseconds over `runs`)) -> the op_profile record: the `top` slowest ops per run."""
+    total_us = sum(us for _, us in per_op.values())
+    ranked = sorted(per_op.items(), key=lambda kv: (-kv[1][1], kv[0]))
+    rows = [{"name": name, "type": kind, "ms": round(us / runs / 1000.0, 6),
+             "share": round(us / total_us, 6) if total_us else 0.0} for name, (kind, us) in ranked[:top]]
+    return {"available": True, "source": source, "runs": runs, "ops": len(per_op),
+            "total_ms": round(total_us / runs / 1000.0, 6), "top": rows}
+
 
 # ================================================================ runtime session: onnx (onnxruntime)
 
@@ -201,6 +216,7 @@ class OnnxSession(Session):
                 opts.add_session_config_entry(key, str(value))
             except Exception as exc:
                 raise AgentError(f"onnxruntime refused session option {key}={value}: {_one_line(exc)}") from exc
+        self._opened = (path, threads, dict(options or {}))
         try:
             self._sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -226,6 +242,50 @@ class OnnxSession(Session):
     def _run(self, feeds: dict) -> dict:
         values = self._sess.run(None, feeds)
         return dict(zip(self.output_names, values))
+
+    def op_profile(self, feeds: dict, runs: int) -> dict:
+        """onnxruntime's profiler: a second session with profiling on; its JSON trace's node kernel times."""
+        import tempfile
+
+        ort = _import_runtime("onnxruntime", "onnx")
+        path, threads, options = self._opened
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        for key, value in sorted(options.items()):
+            opts.add_session_config_entry(key, str(value))
+        tmp = tempfile.mkdtemp(prefix="ep-ortprof-")
+        try:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = os.path.join(tmp, "ort")
+            sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+            prepared = self._prepare(feeds)
+            for _ in range(runs + 1):
+                sess.run(None, prepared)
+            events = _read_trace(sess.end_profiling())
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        # the first run pays allocations: node events that end before the second model_run starts are left out
+        run_starts = sorted(float(ev.get("ts", 0)) for ev in events if ev.get("name") == "model_run")
+        after = run_starts[1] if len(run_starts) > runs else float("-inf")
+        per_op: dict = {}
+        for ev in events:
+            name = str(ev.get("name", ""))
+            if ev.get("cat") != "Node" or not name.endswith("_kernel_time") or float(ev.get("ts", 0)) < after:
+                continue
+            node = name[: -len("_kernel_time")]
+            kind = str((ev.get("args") or {}).get("op_name", ""))
+            per_op[node] = (kind, per_op.get(node, (kind, 0))[1] + float(ev.get("dur", 0)))
+        if not per_op:
+            return {"available": False, "reason": "onnxruntime's profiler recorded no node times"}
+        return summarize_ops(per_op, runs, f"onnxruntime {self.runtime_version} profiler (kernel time)")
+
+
+def _read_trace(path: str) -> list:
+    with open(path, encoding="utf-8") as fh:
+        events = json.load(fh)
+    return events if isinstance(events, list) else []
 
 
 # ================================================================ runtime session: openvino (OpenVINO CPU plugin)
@@ -253,6 +313,7 @@ class OpenvinoSession(Session):
             raise AgentError(f"cannot load openvino model {path}: weights file {path[:-4] + '.bin'} is missing")
         config = dict(_OV_HINTS, INFERENCE_NUM_THREADS=threads)
         config.update({k: str(v) for k, v in (options or {}).items()})  # compile properties, as strings
+        self._opened = (path, config)
         try:
             core = ov.Core()
             self._compiled = core.compile_model(core.read_model(path), "CPU", config)
@@ -284,6 +345,27 @@ class OpenvinoSession(Session):
         self._request.infer(feeds)
         # .data is a view into the request's buffer, overwritten by the next infer: copy it out.
         return {det.name: self._request.get_output_tensor(i).data.copy() for i, det in enumerate(self.output_details)}
+
+    def op_profile(self, feeds: dict, runs: int) -> dict:
+        """OpenVINO's performance counters (PERF_COUNT) of a second compiled model: per executed node real time."""
+        ov = _import_runtime("openvino", "openvino")
+        path, config = self._opened
+        core = ov.Core()
+        request = core.compile_model(core.read_model(path), "CPU", dict(config, PERF_COUNT=True)).create_infer_request()
+        prepared = self._prepare(feeds)
+        request.infer(prepared)  # first run pays allocations: not counted
+        per_op: dict = {}
+        for _ in range(runs):
+            request.infer(prepared)
+            for info in request.get_profiling_info():
+                if str(info.status).rsplit(".", 1)[-1] != "EXECUTED":
+                    continue
+                us = info.real_time.total_seconds() * 1e6
+                kind = f"{info.node_type} ({info.exec_type})" if info.exec_type else str(info.node_type)
+                per_op[info.node_name] = (kind, per_op.get(info.node_name, (kind, 0.0))[1] + us)
+        if not per_op:
+            return {"available": False, "reason": "OpenVINO reported no executed nodes"}
+        return summarize_ops(per_op, runs, f"openvino {self.runtime_version} performance counters (real time)")
 
 
 # ================================================================ runtime session: tflite (LiteRT interpreter)
@@ -415,6 +497,10 @@ class TfliteSession(Session):
 
     def map_outputs(self, names: list[str]) -> dict[str, str]:
         return match_names(names, self.output_names, "output", require_all=False)
+
+    def op_profile(self, feeds: dict, runs: int) -> dict:
+        return {"available": False, "reason": f"the {self.runtime_name} Python interpreter has no per-op profiler; "
+                "LiteRT's benchmark_model --enable_op_profiling=true gives one on the device"}
 
     def _prepare(self, feeds: dict) -> dict:
         by_name = {d.name: d for d in self.input_details}
@@ -771,6 +857,12 @@ def _parse_args(argv) -> argparse.Namespace:
                         help="runtime option (repeatable): onnxruntime session config entry, OpenVINO property")
     parser.add_argument("--golden", required=True, help="golden vector directory (golden.json + NNN/*.npy)")
     parser.add_argument("--timing-sample", type=_count(0), default=0, help="golden sample used for timing")
+    parser.add_argument("--op-profile", type=_count(0), default=0, metavar="RUNS",
+                        help="runs with the runtime's per-op profiler on, after timing (0: none)")
+    parser.add_argument("--eval-inputs", default=None, help=".npz of eval samples to run here (keys 'count' and "
+                        "'<k>:<input name>'), for verification on the device")
+    parser.add_argument("--eval-outputs", default=None, help=".npz written with their outputs ('<k>:<output name>', "
+                        "named as in the golden vectors)")
     return parser.parse_args(argv)
 
 
@@ -784,6 +876,15 @@ def _measure(args: argparse.Namespace) -> tuple:
     report = check_golden(session, golden)
     samples_ms: list = []
     latency = time_runs(session, golden.samples[args.timing_sample], args.warmup, args.iterations, samples_ms)
+    op_profile = None
+    if args.op_profile:
+        try:
+            op_profile = session.op_profile(golden.samples[args.timing_sample], args.op_profile)
+        except Exception as exc:  # a profiler that fails costs the table, not the measurement
+            op_profile = {"available": False, "reason": f"profiler failed: {_one_line(exc)}"}
+    evaluated = None
+    if args.eval_inputs:
+        evaluated = run_eval(session, args.eval_inputs, args.eval_outputs, golden.outputs)
     rss_bytes, rss_source = peak_rss()
     result = {
         "ok": True, "format": args.format, "runtime": session.runtime_name, "runtime_version": session.runtime_version,
@@ -795,7 +896,36 @@ def _measure(args: argparse.Namespace) -> tuple:
         "outputs": [d.as_dict() for d in session.output_details],
         "golden": report,
     }
+    if op_profile is not None:
+        result["op_profile"] = op_profile
+    if evaluated is not None:
+        result["eval"] = evaluated
     return result, (3 if report["passed"] < report["checked"] else 0)
+
+
+def run_eval(session: Session, inputs_path: str, outputs_path: str | None, output_names: list) -> dict:
+    """Eval samples from an .npz (keys 'count', '<k>:<input>') -> their outputs in an .npz ('<k>:<output>', named
+    as the golden vectors name them) -> {"samples", "outputs", "file"}."""
+    if not outputs_path:
+        raise AgentError("--eval-inputs needs --eval-outputs")
+    with np.load(inputs_path, allow_pickle=False) as data:
+        count = int(data["count"])
+        keys = [k for k in data.files if k != "count"]
+        samples = [{} for _ in range(count)]
+        for key in keys:
+            index, _, name = key.partition(":")
+            if not index.isdigit() or int(index) >= count or not name:
+                raise AgentError(f"eval inputs: bad key {key!r}")
+            samples[int(index)][name] = data[key]
+    names = session.map_outputs(list(output_names))
+    arrays = {}
+    for k, feeds in enumerate(samples):
+        out = session.run(feeds)
+        for name, resolved in names.items():
+            arrays[f"{k}:{name}"] = np.asarray(out[resolved])
+    with open(outputs_path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return {"samples": count, "outputs": list(output_names), "file": outputs_path}
 
 
 def main(argv=None) -> int:

@@ -430,3 +430,57 @@ def test_runtime_chatter_on_stdout_goes_to_stderr(model, golden):
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 1 and json.loads(proc.stdout)["ok"] is True
     assert "runtime banner on fd 1" in proc.stderr and "python-level noise" in proc.stderr
+
+
+# ================================================================ per-op profile and eval outputs
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_cli_op_profile_names_the_graph_nodes(model, golden, fmt):
+    """The runtime's own profiler: every op row names a node of the graph; shares add up to at most 1 and the rows
+    are ordered slowest first."""
+    code, lines, stderr = _cli(*_cli_args(model, golden, fmt), "--op-profile", "5")
+    assert code == 0, stderr
+    ops = json.loads(lines[0])["op_profile"]
+    assert ops["available"] is True and ops["runs"] == 5 and ops["ops"] >= 1, ops
+    assert ("profiler" if fmt == "onnx" else "performance counters") in ops["source"]
+    types = " ".join(r["type"] for r in ops["top"])
+    assert "MatMul" in types or "FullyConnected" in types or "Gemm" in types, ops["top"]
+    ms = [r["ms"] for r in ops["top"]]
+    assert ms == sorted(ms, reverse=True) and sum(r["share"] for r in ops["top"]) <= 1.0 + 1e-6
+    assert ops["total_ms"] >= ms[0] >= 0
+
+
+def test_tflite_op_profile_says_why_not():
+    session = agent.TfliteSession.__new__(agent.TfliteSession)
+    session.runtime_name = "ai_edge_litert"
+    record = session.op_profile({}, 3)
+    assert record["available"] is False and "benchmark_model" in record["reason"]
+
+
+def test_cli_eval_outputs_match_a_host_run(model, golden, tmp_path):
+    """--eval-inputs: the agent runs each sample and writes its outputs under the golden vectors' names."""
+    feeds, _ = _samples(5)
+    arrays = {"count": np.asarray(5)}
+    for k, f in enumerate(feeds):
+        arrays.update({f"{k}:{n}": v for n, v in f.items()})
+    np.savez(tmp_path / "in.npz", **arrays)
+    out = tmp_path / "out.npz"
+    code, lines, stderr = _cli(*_cli_args(model, golden), "--eval-inputs", str(tmp_path / "in.npz"),
+                               "--eval-outputs", str(out))
+    assert code == 0, stderr
+    assert json.loads(lines[0])["eval"]["samples"] == 5
+    session = agent.open_model(str(model), "onnx", 1)
+    with np.load(out) as data:
+        assert sorted(data.files) == sorted(f"{k}:{n}" for k in range(5) for n in ("y", "s"))
+        for k, f in enumerate(feeds):
+            expected = session.run(f)
+            np.testing.assert_array_equal(data[f"{k}:y"], expected["y"])
+            np.testing.assert_array_equal(data[f"{k}:s"], expected["s"])
+
+
+def test_cli_eval_inputs_with_a_bad_key_is_one_line(model, golden, tmp_path):
+    np.savez(tmp_path / "in.npz", count=np.asarray(1), **{"7:x": np.zeros((1, 4), np.float32)})
+    code, lines, _ = _cli(*_cli_args(model, golden), "--eval-inputs", str(tmp_path / "in.npz"),
+                          "--eval-outputs", str(tmp_path / "o.npz"))
+    assert code == 1 and "bad key '7:x'" in json.loads(lines[0])["error"]

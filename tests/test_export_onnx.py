@@ -189,3 +189,28 @@ def test_gemm_rewrite_and_blockwise_matmul_keep_the_function(tmp_path):
     assert 0 < err < 0.02, err
     with pytest.raises(StageError, match="no_such_layer"):
         _blockwise(onnx.load(str(path)), ["no_such_layer"])
+
+
+def test_profile_verifies_on_the_device_and_profiles_ops(onnx_models):
+    """verify_on_device: the int8 file's outputs where the agent ran match the host's for the same samples
+    (the local device is the host: bit-identical), the host-side figures are recomputed from the files, and the
+    per-op table comes from onnxruntime's profiler."""
+    runner, state, profile, _, int8 = onnx_models
+    dev = TargetProfile.model_validate({**profile.model_dump(), "verify_on_device": 12,
+                                        "benchmark": {"threads": 1, "warmup": 1, "iterations": 5,
+                                                      "op_profile_runs": 3}})
+    ver = runner.run_stage(state, "verify", int8, "d", dev, deps={"reference": state.reference})
+    assert (ver.root / "on_device" / "model" / "inputs.npz").is_file()
+    prof = runner.run_stage(state, "profile", int8, "d", dev, deps={"verification": ver})
+    rec = prof.meta["on_device_verification"]
+    assert rec["samples"] == 12 and rec["bit_identical_to_host"] is True and rec["gate_failures"] == []
+    ref = np.load(state.reference.path("eval.logits.npy"))[:12]
+    from pipeline.device_check import stack
+
+    host = stack(ver.root / "on_device" / "model" / "host.npz", ["logits"], 12)["logits"]
+    assert rec["on_device"]["agreement"] == pytest.approx(float((host.argmax(1) == ref.argmax(1)).mean()))
+    step = rec["vs_host"]["logits"]["step"]
+    assert step is not None and step > 0  # a dequantized int8 output lies on its grid
+    ops = prof.meta["op_profile"]
+    assert ops["available"] and ops["runs"] == 3 and any("QLinear" in r["type"] or "Conv" in r["type"]
+                                                          for r in ops["top"])

@@ -363,12 +363,19 @@ def quantize_in_child(job, progress) -> dict:
     if c.method == "percentile":
         extra["CalibPercentile"] = c.percentile
     out_path = ctx.workdir / "model.onnx"
-    with ctx.progress.task(f"calibrate {c.method} x{len(calib)}", len(calib)) as task:
-        _ort_quantize("quantize_static", lambda: quantize_static(
-            str(artifact.main_file), str(out_path), _Reader(calib, task), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=q.op_types, per_channel=q.per_channel,
-            activation_type=qtype[q.activation_type], weight_type=qtype[q.weight_type],
-            nodes_to_exclude=excluded, calibrate_method=method, extra_options=extra))
+    # quantize_static writes '<input>-inferred.onnx' beside its input and deletes it: never beside a cache entry
+    # (read-only by contract, and shared by concurrent quantizations of the same graph for other devices)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ep-ortq-") as scratch:
+        prepared = f"{scratch}/model.onnx"
+        onnx.save(model, prepared)
+        with ctx.progress.task(f"calibrate {c.method} x{len(calib)}", len(calib)) as task:
+            _ort_quantize("quantize_static", lambda: quantize_static(
+                prepared, str(out_path), _Reader(calib, task), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=q.op_types, per_channel=q.per_channel,
+                activation_type=qtype[q.activation_type], weight_type=qtype[q.weight_type],
+                nodes_to_exclude=excluded, calibrate_method=method, extra_options=extra))
     qmodel, weight_only = _reload(out_path, excluded, ctx)
     ops = op_histogram(qmodel)
     meta = {"ops": ops, "nodes": len(qmodel.graph.node), "kept_float_nodes": excluded,
