@@ -27,8 +27,10 @@ from .local import LocalTransport
 # guest `lseek` syscall numbers: the agent's run markers are lseek(/dev/null, magic offset) (targets/qemu_insn.c)
 _LSEEK_NR = {"aarch64": 62, "x86_64": 8}
 MARKER_ENV = "EDGEPIPE_INSN_MARKERS"
+# agent record keys that hold times or memory of the emulator process -> their names in an emulated record
 _EMULATED_KEYS = {"latency_ms": "emulated_wall_ms", "samples_ms": "emulated_samples_ms",
-                  "load_ms": "emulated_load_ms", "peak_rss_bytes": "emulated_peak_rss_bytes"}
+                  "load_ms": "emulated_load_ms", "peak_rss_bytes": "emulated_peak_rss_bytes",
+                  "op_profile": "emulated_op_profile"}
 
 
 def instruction_stats(counts: list[int]) -> dict:
