@@ -64,7 +64,7 @@ def compare_on_device(device: dict[str, np.ndarray], host: dict[str, np.ndarray]
     """What it does: device and host outputs of one artifact on the same N samples + fp32 reference -> the record:
     fidelity on the device vs fp32 (as the host's verify computes it), the host's on the same samples, and per
     output the device-vs-host difference (max |diff|, differing values, in output-quantization steps)."""
-    from .verify import compare
+    from .metrics import compare
 
     n = len(next(iter(device.values())))
     ref = {o: v.reshape(n, -1) for o, v in reference.items()}

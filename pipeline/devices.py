@@ -20,8 +20,11 @@ def open_transport(config, base_dir=None):
     from targets.transport import make_transport
 
     fields = config.model_dump(exclude={"kind", "retries", "retry_backoff_s"})
-    if base_dir is not None and "base_dir" in _init_params(config.kind):
+    params = _init_params(config.kind)
+    if base_dir is not None and "base_dir" in params:
         fields["base_dir"] = str(base_dir)
+    if "retries" in params:  # transports that reach a device over a network retry its connection themselves
+        fields.update(retries=config.retries, retry_backoff_s=config.retry_backoff_s)
     return make_transport(config.kind, **fields)
 
 

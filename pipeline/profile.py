@@ -67,6 +67,9 @@ class Profile(Stage):
                     args += ["--option", f"{key}={value}"]
                 with ctx.progress.task(f"profile {ctx.target.name} ({b.iterations} runs)", None):
                     result = run_agent(transport, args, timeout_s=b.timeout_s, threads=b.threads)
+                if on_device and "eval" not in result:  # e.g. a phone without Python: its benchmark tool ran
+                    raise StageError(f"verify_on_device: {ctx.target.transport.kind} device ran no agent here "
+                                     f"({result.get('measured_by', 'no Python')}); set verify_on_device: 0")
                 if on_device:
                     transport.pull(result["eval"]["file"], ctx.workdir / "device_outputs.npz")
         except TransportError as err:

@@ -362,9 +362,14 @@ def bundle_readme(manifest: dict) -> str:
         f"| `{t['name']}` | {t['dtype']} | {list(t['shape'])} | {t['layout']} | {t.get('modality', '')} |"
         for t in manifest["iospec"]["inputs"])
     outputs = "\n".join(f"| `{t['name']}` | {t['dtype']} | {list(t['shape'])} |" for t in manifest["iospec"]["outputs"])
-    latency = (f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms ({manifest['latency']['threads']} thread(s), "
+    # a device's own benchmark tool (adb, no Python) may report a mean without percentiles: say so, invent nothing
+    figures = (f"p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms" if lat and "p90" in lat else
+               f"mean {lat['mean']:.3f} ms (no percentiles from {manifest['latency'].get('measured_by', 'the tool')})"
+               if lat else "")
+    latency = (f"{figures} ({manifest['latency']['threads']} thread(s), "
                f"{manifest['latency']['runtime']} {manifest['latency']['runtime_version']}, "
-               f"{manifest['latency']['cpu_model']})" if lat else _emulated_cost(manifest.get("latency") or {}))
+               f"{manifest['latency'].get('cpu_model', 'unknown CPU')})" if lat else
+               _emulated_cost(manifest.get("latency") or {}))
     acc = (f"{v['accuracy'] * 100:.2f}% (drop {v['accuracy_drop_pt']:+.2f} pt vs fp32 torch)"
            if "accuracy" in v else "n/a")
     components = _components_readme(manifest)

@@ -234,7 +234,7 @@ def _calibrate_ranges(ort, graph: _Graph, calib) -> None:
 def _cost(outputs: list[list[np.ndarray]], reference: list[list[np.ndarray]]) -> tuple[float, float]:
     """What it does: simulated and fp32 outputs per sample -> (mean over outputs of mean(1 - cosine), top-1
     agreement of the first output)."""
-    from .verify import cosine_rows
+    from .metrics import cosine_rows
 
     costs = []
     for k in range(len(reference[0])):

@@ -165,19 +165,34 @@ class LocalTransportConfig(_Retries):
 
 class SshTransportConfig(_Retries):
     kind: Literal["ssh"] = Field(description="a board reached over OpenSSH (key-based, host key checked strictly)")
-    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:_\[\]-]+$",
-                      description="host name or address of the board")
-    port: int = Field(22, ge=1, le=65535, description="sshd port")
-    user: str = Field("root", min_length=1, max_length=64, pattern=r"^[a-z_][a-z0-9_.-]*$",
-                      description="login name on the board")
-    identity_file: str = Field(min_length=1, description="private key file (path; ~ and $VARS are expanded; "
-                                                          "relative paths are relative to the profile file)")
-    known_hosts: str = Field(min_length=1, description="known_hosts file that must already hold the board's host "
-                                                        "key; an unknown or changed key is refused, never accepted")
+    setup: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$",
+                              description="name of a device made on this machine by `edgepipe device setup` (e.g. "
+                                          "ssh-loopback): host, port, user, identity_file, known_hosts and python "
+                                          "come from its record unless given here")
+    host: str | None = Field(None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:_\[\]][A-Za-z0-9.:_\[\]-]*$",
+                             description="host name or address of the board (required unless `setup` names a device)")
+    port: int | None = Field(None, ge=1, le=65535, description="sshd port; null: 22 (or the set-up device's port)")
+    user: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[a-z_][a-z0-9_.-]*$",
+                             description="login name on the board; null: root (or the set-up device's user)")
+    identity_file: str | None = Field(None, min_length=1, description="private key file (path; ~ and $VARS are "
+                                      "expanded; relative paths are relative to the release config's folder); "
+                                      "required unless `setup` names a device")
+    known_hosts: str | None = Field(None, min_length=1, description="known_hosts file that must already hold the "
+                                    "board's host key (path, expanded like identity_file); an unknown or changed "
+                                    "key is refused, never accepted; required unless `setup` names a device")
     workdir: str = Field("/tmp/edgepipe", pattern=r"^/[A-Za-z0-9._/-]*$",
                          description="absolute directory on the board under which each run gets its own folder")
-    python: str = Field("python3", pattern=r"^[A-Za-z0-9._/-]+$", description="Python on the board")
+    python: str | None = Field(None, pattern=r"^[A-Za-z0-9._/-]+$",
+                               description="Python on the board (with numpy and the runtime); null: python3 (or the "
+                                           "interpreter recorded by `edgepipe device setup`)")
     connect_timeout_s: float = Field(10.0, gt=0, le=600, description="seconds to establish the connection")
+
+    @model_validator(mode="after")
+    def _reachable(self):
+        if self.setup is None and not (self.host and self.identity_file and self.known_hosts):
+            raise ValueError("an ssh transport needs host, identity_file and known_hosts (or `setup: NAME` for a "
+                             "device made by `edgepipe device setup`)")
+        return self
 
 
 class AdbTransportConfig(_Retries):

@@ -7,6 +7,7 @@ too (`LocalTransport`), so host profiling goes through the same path as a remote
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -100,6 +101,10 @@ class Transport(ABC):
         emulated one renames wall time (it is not latency) and adds its own cost figure (targets/transports/qemu.py)."""
         return answer
 
+    def benchmark(self, agent_args: list, timeout_s: float, threads: int | None = None) -> dict:
+        """The agent's record from the runtime's own benchmark tool, for devices without Python (adb)."""
+        raise TransportError(f"the {self.kind} device has no Python for the agent and no benchmark tool")
+
     def __enter__(self):
         return self
 
@@ -133,6 +138,8 @@ def run_agent(transport: Transport, agent_args: list, timeout_s: float, threads:
 
     `threads` also pins OMP/OpenBLAS/MKL pools, so a runtime's helper libraries do not oversubscribe the CPU.
     """
+    if transport.python is None:  # a device without Python: the runtime's own benchmark tool, if it has one
+        return transport.benchmark(agent_args, timeout_s, threads)
     if transport.agent_remote is None:
         transport.agent_remote = transport.push(AGENT_SOURCE, AGENT_REMOTE_NAME)
     env = {name: str(threads) for name in _THREAD_ENV} if threads is not None else None
@@ -168,19 +175,24 @@ def reap(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_local(argv: list, cwd, env: dict, timeout_s: float, what: str) -> RunResult:
+def run_local(argv: list, cwd, env: dict, timeout_s: float, what: str, stdin_path=None, on_timeout=None) -> RunResult:
     """What it does: an argv run on this machine in its own process group -> RunResult; on timeout the whole group
     is killed and TransportError names `what`. Shared by every transport that drives a local program (the
-    command itself, ssh, adb, qemu)."""
+    command itself, ssh, adb, qemu). `stdin_path`: a file fed to its stdin (else /dev/null). `on_timeout`: called
+    first when the time is up (a remote transport kills what the command started on the device, which may hold
+    this command's pipes: an ssh ControlMaster keeps them until the remote command ends)."""
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        with open(stdin_path, "rb") if stdin_path is not None else contextlib.nullcontext(subprocess.DEVNULL) as stdin:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         raise TransportError(f"cannot run {argv[0]!r} for {what}: {exc}") from exc
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        if on_timeout is not None:
+            on_timeout()
         kill_group(proc.pid)
         reap(proc)
         raise TransportError(f"{what} timed out after {timeout_s:g} s") from None

@@ -115,6 +115,7 @@ class QemuTransport(LocalTransport):
         if self._closed:
             raise TransportError(f"qemu transport at {self.workdir} is closed")
         prefix = [self.device["qemu"], "-cpu", self.cpu, "-L", str(self.view())]
+        argv = [self._program(argv[0]), *argv[1:]]
         extra = dict(env or {})
         counts_file = None
         if self.count_instructions:
@@ -133,6 +134,19 @@ class QemuTransport(LocalTransport):
                 self.last_counts = _read_counts(counts_file)
                 os.unlink(counts_file)
         return result
+
+    def _program(self, name: str) -> str:
+        """qemu-user opens its program by path and searches no PATH: a bare name is looked up the way the device's
+        shell would (the sysroot's bin dirs for aarch64, this machine's PATH for x86_64)."""
+        if "/" in name:
+            return name
+        if self.arch == "x86_64":
+            return shutil.which(name) or name
+        root = Path(self.device["sysroot"])
+        for folder in ("usr/local/bin", "usr/bin", "bin"):
+            if os.access(root / folder / name, os.X_OK):
+                return str(root / folder / name)
+        return name
 
     def probe(self, timeout_s: float = 300.0) -> dict:
         """Like every transport's probe, but the CPU features are the emulated CPU's (auxv HWCAP / CPUID, read in
