@@ -344,6 +344,17 @@ def _components_readme(manifest: dict) -> str:
     return "\n## Components (run in this order; load each main file as above)\n\n" + "\n".join(lines) + "\n"
 
 
+def _emulated_cost(rec: dict) -> str:
+    """What it does: a latency record without latency_ms -> the emulated device's cost figure, or "not measured"."""
+    if not rec.get("emulated"):
+        return "not measured"
+    count = (rec.get("instructions") or {}).get("per_inference")
+    wall = (rec.get("emulated_wall_ms") or {}).get("p50")
+    figure = f"{count:,} instructions per inference" if count is not None else "no instruction count"
+    return (f"not measured: emulated device ({rec.get('emulator') or 'emulator'}); {figure}"
+            + (f", emulated wall time p50 {wall:.3f} ms (not a latency)" if wall is not None else ""))
+
+
 def bundle_readme(manifest: dict) -> str:
     v = manifest["verification"]
     lat = (manifest.get("latency") or {}).get("latency_ms")
@@ -357,7 +368,8 @@ def bundle_readme(manifest: dict) -> str:
                if lat else "")
     latency = (f"{figures} ({manifest['latency']['threads']} thread(s), "
                f"{manifest['latency']['runtime']} {manifest['latency']['runtime_version']}, "
-               f"{manifest['latency'].get('cpu_model', 'unknown CPU')})" if lat else "not measured")
+               f"{manifest['latency'].get('cpu_model', 'unknown CPU')})" if lat else
+               _emulated_cost(manifest.get("latency") or {}))
     acc = (f"{v['accuracy'] * 100:.2f}% (drop {v['accuracy_drop_pt']:+.2f} pt vs fp32 torch)"
            if "accuracy" in v else "n/a")
     components = _components_readme(manifest)

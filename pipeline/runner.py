@@ -72,10 +72,17 @@ class TargetResult:
         if not parts or len(parts) != len(self.components):
             return None
         first = next(iter(parts.values()))
-        total = {k: sum(p["latency_ms"][k] for p in parts.values()) for k in first["latency_ms"]
-                 if all(isinstance(p["latency_ms"].get(k), (int, float)) for p in parts.values())}
-        keep = {k: first[k] for k in ("threads", "runtime", "runtime_version", "cpu_model", "transport") if k in first}
-        return {**keep, "latency_ms": total, "components": parts}
+        keep = {k: first[k] for k in ("threads", "runtime", "runtime_version", "cpu_model", "transport", "emulated",
+                                      "emulator") if k in first}
+        out = {**keep, "components": parts}
+        # emulated devices measure no latency_ms: their wall time and instruction counts add up the same way
+        for key in ("latency_ms", "emulated_wall_ms"):
+            if all(isinstance(p.get(key), dict) for p in parts.values()):
+                out[key] = {k: sum(p[key][k] for p in parts.values()) for k in first[key]
+                            if all(isinstance(p[key].get(k), (int, float)) for p in parts.values())}
+        if all(isinstance(p.get("instructions"), dict) for p in parts.values()):
+            out["instructions"] = {"per_inference": sum(p["instructions"]["per_inference"] for p in parts.values())}
+        return out
 
 
 @dataclass

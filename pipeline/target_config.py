@@ -212,14 +212,25 @@ class AdbTransportConfig(_Retries):
 
 
 class QemuTransportConfig(_Retries):
-    kind: Literal["qemu"] = Field(description="an emulated aarch64 Linux device on the build host (qemu user mode "
-                                              "over an arm64 sysroot made by `edgepipe device setup`)")
-    cpu: str = Field("cortex-a53", pattern=r"^[a-z0-9][a-z0-9,=_.-]*$",
-                     description="emulated CPU model (qemu -cpu): cortex-a53 for a camera SoC, cortex-a72 for a board")
-    sysroot: str = Field("qemu-arm64", pattern=r"^[A-Za-z0-9._-]+$",
-                         description="name of the emulated device image (edgepipe device setup <name>)")
+    kind: Literal["qemu"] = Field(description="an emulated Linux device on the build host (qemu user mode): aarch64 "
+                                              "over an arm64 sysroot made by `edgepipe device setup qemu-arm64`, or "
+                                              "x86_64 as another CPU model (this machine's own Python)")
+    arch: Literal["aarch64", "x86_64"] = Field("aarch64", description="emulated ISA: aarch64 (qemu-aarch64) or x86_64 "
+                                               "(qemu-x86_64, e.g. an AVX2 CPU without VNNI)")
+    cpu: str = Field("cortex-a53", pattern=r"^[A-Za-z0-9][A-Za-z0-9,=_.-]*$",
+                     description="emulated CPU model (qemu -cpu): cortex-a53 for a camera SoC, cortex-a72 for a board, "
+                                 "cortex-a76 for a dot-product core; Haswell-noTSX for x86_64 with AVX2 and no VNNI")
+    sysroot: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$",
+                                description="name of the emulated device image (`edgepipe device setup <name>`); "
+                                            "null: qemu-arm64 for aarch64, none for x86_64 (runs the host's Python)")
     count_instructions: bool = Field(True, description="also count instructions retired per inference (a cost "
                                                        "figure that repeats exactly; emulated wall time does not)")
+
+    @model_validator(mode="after")
+    def _sysroot_fits(self):
+        if self.arch == "x86_64" and self.sysroot is not None:
+            raise ValueError("transport.sysroot applies to arch aarch64; x86_64 runs this machine's own Python")
+        return self
 
 
 TransportConfig = Annotated[

@@ -27,10 +27,14 @@ CLI: python agent.py --model PATH --format onnx|openvino|tflite --threads N --wa
 stdout gets exactly one JSON line; exit 0 = ok, 1 = error ({"ok": false, "error": "<one line>"}),
 3 = ran fine but some golden vectors failed (the JSON still says ok true; the host decides).
 Latency percentiles use numpy.percentile with its default linear interpolation; std is the population std.
+With EDGEPIPE_INSN_MARKERS=1 in its environment (the qemu transport sets it) the agent brackets every timed run
+with marker syscalls that an emulator's instruction-count plugin sees (see time_runs).
 """
 from __future__ import annotations
 
 import argparse
+import array
+import gc
 import importlib
 import json
 import os
@@ -91,6 +95,21 @@ def _shape_fits(expected, got) -> bool:
     return len(expected) == len(got) and all(e < 0 or e == g for e, g in zip(expected, got))
 
 
+_NP_DTYPES: dict = {}
+
+
+def _dtype_is(arr: np.ndarray, name: str) -> bool:
+    """arr.dtype is the dtype called `name`. Not `arr.dtype.name == name`: numpy 2 builds that name in Python code
+    on every call (~20 k instructions, and not the same number every run), which is most of a tiny model's run."""
+    want = _NP_DTYPES.get(name)
+    if want is None:
+        try:
+            want = _NP_DTYPES[name] = np.dtype(name)
+        except TypeError:  # a runtime type numpy cannot express (e.g. OpenVINO's): compare by name
+            return arr.dtype.name == name
+    return arr.dtype == want
+
+
 def _import_runtime(module: str, fmt: str):
     try:
         return importlib.import_module(module)
@@ -142,7 +161,7 @@ class Session:
             if det.name not in feeds:
                 raise AgentError(f"input '{det.name}': missing feed (expected {_fmt_shape(det.shape)} {det.dtype})")
             arr = np.asarray(feeds[det.name])
-            if arr.dtype.name != det.dtype or not _shape_fits(det.shape, arr.shape):
+            if not _dtype_is(arr, det.dtype) or not _shape_fits(det.shape, arr.shape):
                 raise AgentError(
                     f"input '{det.name}': expected {_fmt_shape(det.shape)} {det.dtype}, "
                     f"got {_fmt_shape(arr.shape)} {arr.dtype.name}"
@@ -517,7 +536,7 @@ class TfliteSession(Session):
 
 
 def _tflite_cast(det: TensorDetail, arr: np.ndarray, feed_name: str) -> np.ndarray:
-    if arr.dtype.name == det.dtype:
+    if _dtype_is(arr, det.dtype):
         return arr
     if det.scale is not None and arr.dtype.kind == "f":
         return quantize(arr, det.scale, det.zero_point, det.dtype)
@@ -718,16 +737,49 @@ def latency_stats(durations_ns: list) -> dict:
     return {k: round(float(v), 6) for k, v in stats.items()}
 
 
+# Run markers for an emulator that counts instructions (targets/transports/qemu.py sets the variable):
+# lseek(/dev/null, magic offset) succeeds and returns 0, and the emulator's plugin sees the call (targets/qemu_insn.c).
+MARKER_ENV = "EDGEPIPE_INSN_MARKERS"
+_MARK_START, _MARK_STOP, _MARK_WARM = 0x4544474550495001, 0x4544474550495002, 0x4544474550495000
+
+
+def _marker():
+    """-> mark(offset): one marker call (a no-op seek on /dev/null), or None when nobody counts."""
+    if os.environ.get(MARKER_ENV) != "1":
+        return None
+    fd = os.open(os.devnull, os.O_RDONLY)
+    return lambda offset: os.lseek(fd, offset, os.SEEK_SET)
+
+
 def time_runs(session: Session, feeds: dict, warmup: int, iterations: int, samples: list | None = None) -> dict:
     """Wall time of `session.run` (includes feed checks and TFLite (de)quantization, as a caller would pay);
-    `samples` (a list) receives each run's milliseconds, in run order."""
-    for _ in range(warmup):
-        session.run(feeds)
-    durations = []
-    for _ in range(iterations):
-        start = time.perf_counter_ns()
-        session.run(feeds)
-        durations.append(time.perf_counter_ns() - start)
+    `samples` (a list) receives each run's milliseconds, in run order. With EDGEPIPE_INSN_MARKERS=1 each timed run
+    is bracketed by the run markers."""
+    mark = _marker()
+    # like timeit: no cyclic garbage collection while measuring, or a collection lands in some runs only (from
+    # before the warm-up, so the runs after a collection are not the timed ones)
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    # preallocated and flat: a list growing (or int objects piling up) between runs would change the heap the
+    # next run allocates from, and with it the instructions that run executes
+    durations = array.array("q", bytes(8 * iterations))
+    try:
+        # warm-up and timed runs go through the same code (warm-up marks are ignored by the counter): Python
+        # specializes the bytecode it runs often, and a marker path first run in timed runs would count that too
+        for i in range(warmup + iterations):
+            timed = i >= warmup
+            start = time.perf_counter_ns()
+            if mark:
+                mark(_MARK_START if timed else _MARK_WARM)
+            session.run(feeds)
+            if mark:
+                mark(_MARK_STOP if timed else _MARK_WARM)
+            if timed:
+                durations[i - warmup] = time.perf_counter_ns() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if samples is not None:
         samples.extend(round(d / 1e6, 6) for d in durations)
     return latency_stats(durations)

@@ -13,6 +13,9 @@ from pipeline.errors import ConfigError
 SETUPS: dict[str, tuple[str, str]] = {
     "qemu-arm64": ("targets.emulator:setup_qemu_arm64",
                    "emulated aarch64 Linux device: qemu user mode + an arm64 sysroot with the runtimes"),
+    "qemu-x86_64": ("targets.emulator:setup_qemu_x86_64",
+                    "emulated x86-64 CPU models (e.g. Haswell: AVX2, no VNNI) running this machine's Python; "
+                    "builds the instruction-count plugin"),
     "ssh-loopback": ("targets.transports.ssh:setup_loopback",
                      "this machine's own sshd on 127.0.0.1 as an SSH board (throwaway keys, strict known_hosts)"),
 }

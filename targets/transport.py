@@ -96,6 +96,11 @@ class Transport(ABC):
             )
         return info
 
+    def agent_record(self, answer: dict) -> dict:
+        """The agent's parsed JSON -> the record this device stands behind. Real devices keep it as it is; an
+        emulated one renames wall time (it is not latency) and adds its own cost figure (targets/transports/qemu.py)."""
+        return answer
+
     def benchmark(self, agent_args: list, timeout_s: float, threads: int | None = None) -> dict:
         """The agent's record from the runtime's own benchmark tool, for devices without Python (adb)."""
         raise TransportError(f"the {self.kind} device has no Python for the agent and no benchmark tool")
@@ -148,7 +153,7 @@ def run_agent(transport: Transport, agent_args: list, timeout_s: float, threads:
     if result.returncode not in (0, 3):
         raise TransportError(f"agent on {transport.kind} reported ok but exited {result.returncode}")
     answer["agent_exit_code"] = result.returncode
-    return answer
+    return transport.agent_record(answer)
 
 
 def kill_group(pgid: int) -> None:

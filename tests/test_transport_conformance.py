@@ -1,5 +1,6 @@
 """One contract, every transport available here: local, ssh (a real sshd on 127.0.0.1), adb (the fake adb at the
-argv level; no phone). Probe, push/run/pull, exit codes and env, timeout kill of the whole process group on the
+argv level; no phone), qemu (this machine's programs under qemu-x86_64 as an emulated Haswell: the host's sh and
+sleep exist there, the arm64 sysroot has no shell; tests/test_transport_qemu.py covers the aarch64 device). Probe, push/run/pull, exit codes and env, timeout kill of the whole process group on the
 device, hostile names, the agent round trip with golden vectors, cleanup on close."""
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from targets.transport import run_agent
 from .boards import (FAKE_ADB, adb_workdir, count_processes, fake_adb_env, hang_argv, loopback, marker,  # noqa: F401
                      ssh_fields, wait_count)
 from .test_transport import _tiny_model_and_golden
+from .test_transport_qemu import x86_device  # noqa: F401  (session fixture used by the qemu kind)
 
-KINDS = ["local", "ssh", "adb"]
+KINDS = ["local", "ssh", "adb", "qemu"]
 
 
 @pytest.fixture(params=KINDS)
@@ -30,6 +32,11 @@ def device(request, tmp_path, monkeypatch):
         from targets.transports.ssh import SshTransport
 
         t = SshTransport(**ssh_fields(request.getfixturevalue("loopback")), workdir=str(tmp_path / "board"))
+    elif kind == "qemu":
+        from .test_transport_qemu import _qemu
+
+        request.getfixturevalue("x86_device")  # `edgepipe device setup qemu-x86_64` (skips without qemu-user)
+        t = _qemu("x86_64", "Haswell-noTSX")
     else:
         from targets.transports.adb import AdbTransport
 
@@ -87,4 +94,7 @@ def test_agent_round_trip_with_golden_vectors(device, tmp_path):
     args = ["--model", device.push(model, "m/relu.onnx"), "--format", "onnx", "--threads", "1", "--warmup", "1",
             "--iterations", "10", "--golden", device.push(golden, "golden")]
     result = run_agent(device, args, timeout_s=120, threads=1)
-    assert result["golden"]["passed"] == result["golden"]["checked"] == 1 and len(result["samples_ms"]) == 10
+    # an emulated device's wall times are not latencies: they come back under emulated_* names, with instructions
+    samples = "emulated_samples_ms" if result.get("emulated") else "samples_ms"
+    assert result["golden"]["passed"] == result["golden"]["checked"] == 1 and len(result[samples]) == 10
+    assert ("latency_ms" in result) is not bool(result.get("emulated"))
