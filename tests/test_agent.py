@@ -447,8 +447,9 @@ def test_cli_op_profile_names_the_graph_nodes(model, golden, fmt):
     types = " ".join(r["type"] for r in ops["top"])
     assert "MatMul" in types or "FullyConnected" in types or "Gemm" in types, ops["top"]
     ms = [r["ms"] for r in ops["top"]]
-    assert ms == sorted(ms, reverse=True) and sum(r["share"] for r in ops["top"]) <= 1.0 + 1e-6
-    assert ops["total_ms"] >= ms[0] >= 0
+    # values are rounded to 6 decimals in the record: compare with that slack
+    assert all(a >= b - 1e-6 for a, b in zip(ms, ms[1:])) and sum(r["share"] for r in ops["top"]) <= 1.0 + 1e-4
+    assert ops["total_ms"] >= ms[0] - 1e-6 and ms[-1] >= 0
 
 
 def test_tflite_op_profile_says_why_not():
