@@ -28,3 +28,7 @@ def test_build_profiles_on_the_ssh_board(loopback, tmp_path):  # noqa: F811
     assert len(latency["samples_ms"]) == latency["iterations"] == 200
     assert latency["latency_ms"]["min"] <= latency["latency_ms"]["p50"] <= latency["latency_ms"]["p99"]
     assert "via ssh" in (bundle / "latency.md").read_text()
+    on_device = latency["on_device_verification"]
+    assert on_device["samples"] == min(200, manifest["verification"]["samples"])
+    assert on_device["bit_identical_to_host"] is True and on_device["gate_failures"] == []
+    assert latency["op_profile"]["available"] is True and latency["op_profile"]["top"]

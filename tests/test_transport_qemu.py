@@ -366,6 +366,11 @@ def test_build_publishes_emulated_targets(tmp_path):
         assert "latency_ms" not in latency and latency["emulated_wall_ms"]["p50"] > 0
         assert latency["instructions"]["spread"] < 0.01 and latency["golden"]["failures"] == []
         assert "these are not latencies" in (root / name / "latency.md").read_text()
+        # every eval sample (tiny eval < 200) ran on the emulated device too; outputs match the host's there
+        on_device = latency["on_device_verification"]
+        assert on_device["samples"] == min(200, manifest["verification"]["samples"]), on_device
+        assert on_device["bit_identical_to_host"] is True, on_device["vs_host"]
+        assert "eval samples on the device" in (root / name / "latency.md").read_text()
     haswell = json.loads((root / "qemu-haswell-onnx-int8" / "manifest.json").read_text())
     assert haswell["device"]["int8_class"] == "avx2"
     assert haswell["latency"]["runtime_config"]["session_config"] == {"session.x64quantprecision": "1"}
