@@ -302,7 +302,7 @@ def plan_bundle(ctx: dict) -> BundlePlan:
         plan.add_blob("assets/labels.txt", ("\n".join(ctx["iospec"].labels) + "\n").encode("utf-8"))
     parts = profile_parts(result)
     if parts:  # the on-device latency report beside the bundle
-        png = latency_png(ctx["name"], parts)
+        png = _memo_png(ctx.get("plot_memo"), ctx["name"], parts, latency_png)
         if png is not None:
             plan.add_blob("latency.png", png)
         plan.add_blob("latency.md", latency_md(ctx["name"], _device(result), parts,
@@ -311,6 +311,29 @@ def plan_bundle(ctx: dict) -> BundlePlan:
     plan.files = dict(sorted(plan.files.items()))
     plan.manifest = manifest_for(ctx, plan.files)
     return plan
+
+
+def _memo_png(memo_dir, name: str, parts: dict, render) -> bytes | None:
+    """What it does: a latency picture, rendered once per content: keyed by the target name, its records (the
+    per-run samples included) and matplotlib's version, kept in the cache's _memo/plots (a warm rebuild re-renders
+    nothing: 12 pictures cost ~7 s of matplotlib)."""
+    if memo_dir is None:
+        return render(name, parts)
+    import hashlib
+    from importlib import metadata
+
+    key = hashlib.sha256(json.dumps([name, parts, metadata.version("matplotlib")], sort_keys=True,
+                                    default=str).encode()).hexdigest()
+    path = Path(memo_dir) / f"{key}.png"
+    if path.is_file():
+        return path.read_bytes()
+    png = render(name, parts)
+    if png is not None:
+        Path(memo_dir).mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        tmp.write_bytes(png)
+        os.replace(tmp, path)
+    return png
 
 
 def stage_bundle(staging: Path, ctx: dict) -> dict:

@@ -157,7 +157,7 @@ def cmd_build(args) -> int:
     times = stage_times(state.records)
     build = {"wall_s": round(time.perf_counter() - start, 2), "jobs": jobs, "stage_times": times,
              "timeline": timeline(state.records, started_at)}
-    index = publish_release(state, args.dist, build=build)
+    index = publish_release(state, args.dist, build=build, plot_memo=Path(args.cache_dir) / "_memo" / "plots")
     print_summary(console, index)
     wall = time.perf_counter() - start
     print_stage_times(console, times, wall, jobs)

@@ -115,9 +115,10 @@ def publish_bundle(release_dir: Path, name: str, plan) -> str:
     return tar_sha
 
 
-def publish_release(state: BuildState, dist: Path, build: dict | None = None) -> dict:
+def publish_release(state: BuildState, dist: Path, build: dict | None = None, plot_memo: Path | None = None) -> dict:
     """Write every passed target's bundle and the release index/report; returns the index. `build`: how the
-    build went (wall time, jobs, per-stage times) for index.json and the report."""
+    build went (wall time, jobs, per-stage times) for index.json and the report; `plot_memo`: a folder where
+    rendered latency pictures are kept by content (the cache's _memo/plots)."""
     release = state.plan.release
     release_dir = Path(dist) / release.release
     release_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def publish_release(state: BuildState, dist: Path, build: dict | None = None) ->
             ctx = {"release": release, "profile": profile, "result": result, "iospec": state.iospec,
                    "dataset_dir": state.plan.dataset_dir, "git_commit": commit,
                    "config_hash": config_hash(release, profile), "edgepipe_version": __version__, "name": name,
-                   "components": state.component_wiring, "torch_model": state.torch_model}
+                   "components": state.component_wiring, "torch_model": state.torch_model, "plot_memo": plot_memo}
             entry["bundle"] = f"{name}.tar.gz"
             entry["bundle_sha256"] = publish_bundle(release_dir, name, plan_bundle(ctx))
         else:

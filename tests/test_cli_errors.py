@@ -222,10 +222,13 @@ def test_damaged_cache_entries_are_rebuilt(cli, tmp_path):
     import json
     import shutil
 
+    from .conftest import _SHARED_CACHE
+
     write_release(tmp_path / "r.yaml", targets=["host-onnx-fp32"], profile=False)
-    first = cli("build", "r.yaml", "--no-progress", "--cache-dir", "own-cache")  # it damages the cache
+    first = cli("build", "r.yaml", "--no-progress")  # in the session's cache (the tiny model trained once)
     assert first.returncode == 0, first.stdout + first.stderr
-    cache = tmp_path / "own-cache"
+    cache = tmp_path / "own-cache"  # a copy of it, which this test damages
+    shutil.copytree(_SHARED_CACHE[0], cache, symlinks=True, ignore=shutil.ignore_patterns("*.lock"))
     [export] = [p for p in (cache / "export_onnx").iterdir() if not p.name.startswith(".")]
     meta = json.loads((export / "artifact.json").read_text())
     (export / "artifact.json").write_text(json.dumps({**meta, "files": sorted(meta["files"]), "meta": "oops"}))
