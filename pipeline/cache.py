@@ -169,7 +169,26 @@ class Cache:
         if (self.root / stage).is_symlink() or (self.root / stage).is_file():
             _remove(self.root / stage)  # a stray file where the stage's folder belongs
         (self.root / stage).mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root / stage))
+        # the owner's pid in the name: clean_temp() of another build sharing this cache leaves it alone while we live
+        return Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.root / stage))
+
+    @contextlib.contextmanager
+    def claim(self, stage: str, key: str):
+        """Hold (stage, key) against every other process using this cache: a second build that needs the same
+        stage output waits here, then finds it committed, instead of computing it too. The lock is an flock, so a
+        killed holder releases it."""
+        import fcntl
+
+        folder = self.root / stage
+        if folder.is_symlink() or folder.is_file():
+            _remove(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f".claim-{key}", "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def commit(self, stage: str, key: str, workdir: Path, art: Artifact, replace: bool = False) -> Artifact:
         """Move a finished workdir into place atomically; returns the artifact rooted at its final path.
@@ -181,7 +200,7 @@ class Cache:
         _fsync_tree(workdir)
         final = self.entry(stage, key)
         if replace and (final.exists() or final.is_symlink()):
-            old = final.parent / f".tmp-replaced-{final.name}-{os.getpid()}"
+            old = final.parent / f".tmp-{os.getpid()}-replaced-{final.name}"
             os.rename(final, old)
             _remove(old)
         try:
@@ -206,9 +225,32 @@ class Cache:
         return Artifact.from_json(art.to_json(), root=final)
 
     def clean_temp(self) -> int:
-        """Remove temp dirs left by killed runs; returns how many."""
+        """Remove temp dirs left by killed runs (their owner pid no longer lives); returns how many. Those of a
+        build still running on this cache (another process, or this one) are left alone."""
         n = 0
         for tmp in self.root.glob("*/.tmp-*"):
+            owner = re.match(r"\.tmp-(\d+)-", tmp.name)
+            if owner is not None and _alive(int(owner.group(1))):
+                continue
             _remove(tmp)
             n += 1
         return n
+
+
+def _alive(pid: int) -> bool:
+    """What it does: a pid -> whether a process with it exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    try:  # a killed process whose parent died too can stay a zombie (no reaper in a container): it is gone
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]

@@ -32,13 +32,19 @@ _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # checked with fullmatch
 class WeightRoundingConfig(Strict):
     method: Literal["adaround"] = Field("adaround", description="adaround: learn each weight's rounding direction "
                                         "from the layer's outputs on calibration inputs (Nagel et al., 2020)")
+    objective: Literal["sampled", "exact"] = Field(
+        "sampled", description="sampled: the output error on a random mini-batch (batch_size, crop) per step, as "
+        "in the paper; exact: the output error over every calibration input, as a quadratic form in the weight "
+        "change (Gram matrices of the layer's input patches, built once: a step costs no convolution; 3.2x faster "
+        "on EfficientNet-Lite0, but on the default release it moved single eval photos both ways, see "
+        "BENCHMARKS.md). Layers whose Gram matrices would exceed 64 Mi floats use sampled")
     iterations: int = Field(200, ge=1, le=100000, description="optimizer steps per layer")
     samples: int = Field(32, ge=1, le=4096, description="calibration samples whose layer inputs are used")
-    batch_size: int = Field(8, ge=1, le=1024, description="samples per optimizer step")
+    batch_size: int = Field(8, ge=1, le=1024, description="objective sampled: samples per optimizer step")
     lr: float = Field(0.1, gt=0, le=10, description="Adam learning rate of the rounding variables (a few hundred "
                       "steps need a high rate: on a random 400-input layer, 200 steps cut the output MSE to 0.45x "
                       "of round-to-nearest at 0.1 and to 0.67x at 0.03)")
-    crop: int = Field(56, ge=0, description="conv layers: random crop of the input feature map per step "
+    crop: int = Field(56, ge=0, description="objective sampled, conv layers: random crop of the input map per step "
                                            "(0 = whole maps); bounds the cost of high-resolution layers")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the sample and crop draws (0 .. 2^32-1)")
     nodes: list[Entry] | None = Field(None, description="ONNX node-name prefixes of the layers to round (default: "

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -123,7 +124,7 @@ def publish_release(state: BuildState, dist: Path, build: dict | None = None, pl
     release_dir = Path(dist) / release.release
     release_dir.mkdir(parents=True, exist_ok=True)
     commit = git_commit(REPO_ROOT)
-    entries = []
+    entries, to_publish = [], []
     for result in state.targets:
         profile, name = result.plan.profile, result.plan.name
         entry = {"target": name, "format": profile.format, "precision": profile.precision,
@@ -148,10 +149,16 @@ def publish_release(state: BuildState, dist: Path, build: dict | None = None, pl
                    "config_hash": config_hash(release, profile), "edgepipe_version": __version__, "name": name,
                    "components": state.component_wiring, "torch_model": state.torch_model, "plot_memo": plot_memo}
             entry["bundle"] = f"{name}.tar.gz"
-            entry["bundle_sha256"] = publish_bundle(release_dir, name, plan_bundle(ctx))
+            to_publish.append((entry, name, plan_bundle(ctx)))  # planned here: plots render in this thread only
         else:
             remove_bundle(release_dir, name)
         entries.append(entry)
+    # Writing, archiving (zlib) and hashing release the GIL: bundles are written side by side, one per build job.
+    workers = max(1, min(len(to_publish), int((build or {}).get("jobs") or 1)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgepipe-publish") as pool:
+        shas = [pool.submit(publish_bundle, release_dir, name, plan) for _, name, plan in to_publish]
+    for (entry, _, _), sha in zip(to_publish, shas):
+        entry["bundle_sha256"] = sha.result()
     index = {"schema_version": 1, "release": release.release, "git_commit": commit,
              "model": release.model.model_dump(mode="json"),
              "reference_accuracy": state.reference.meta.get("accuracy"),

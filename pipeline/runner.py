@@ -280,9 +280,15 @@ class Runner:
             self.log(f"  {name:<14} {target:<22} cached  {key[:12]}")
             state.records.append(StageRecord(name, target, True, time.perf_counter() - start, hit.sha256))
             return hit
-        unit = StageUnit.make(name, key, artifact, ctx, self.cache.root, replace=name in self.force,
-                              exclusive=name in EXCLUSIVE_STAGES, label=target, priority=PRIORITY.get(name, 5))
-        art, ran = self.executor.submit(unit).result()
+        with self.cache.claim(name, key):  # another build on this cache computing the same output: wait for it
+            hit = None if name in self.force else self.cache.lookup(name, key)
+            if hit is not None:
+                self.log(f"  {name:<14} {target:<22} cached  {key[:12]}  (built by another process)")
+                state.records.append(StageRecord(name, target, True, time.perf_counter() - start, hit.sha256))
+                return hit
+            unit = StageUnit.make(name, key, artifact, ctx, self.cache.root, replace=name in self.force,
+                                  exclusive=name in EXCLUSIVE_STAGES, label=target, priority=PRIORITY.get(name, 5))
+            art, ran = self.executor.submit(unit).result()
         seconds = ran["seconds"]
         self.log(f"  {name:<14} {target:<22} done    {key[:12]}  {seconds:.1f}s")
         state.records.append(StageRecord(name, target, False, seconds, art.sha256, ran["start"], ran["pid"]))

@@ -54,17 +54,28 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=weight)
 
 
-# One stage cache for every CLI build of the session that does not name its own (--cache-dir or $EDGEPIPE_CACHE):
-# the tiny model is trained, referenced and exported once, not once per test. Tests about the cache itself
-# (damage, kill and resume, reproducibility across caches) pass their own.
+# One stage cache for every CLI build of the session that does not name its own (--cache-dir or $EDGEPIPE_CACHE),
+# and for the stage tests' tiny_build: the tiny model is trained, referenced and exported once, not once per test.
+# Under pytest-xdist both workers share it (builds on one cache claim each stage output, so the second asker waits
+# for the first instead of computing it too). Tests about the cache itself (damage, kill and resume,
+# reproducibility across caches) pass their own.
 _SHARED_CACHE: list[Path] = []
+
+
+def _shared_cache_root(tmp_path_factory) -> Path:
+    if not _SHARED_CACHE:
+        base = tmp_path_factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):  # .../pytest-N/popen-gwK: the session's folder is its parent
+            base = base.parent
+        root = base / "shared-cache"
+        root.mkdir(exist_ok=True)
+        _SHARED_CACHE.append(root)
+    return _SHARED_CACHE[0]
 
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_cli_cache(tmp_path_factory) -> Path:
-    if not _SHARED_CACHE:
-        _SHARED_CACHE.append(tmp_path_factory.mktemp("shared-cache"))
-    return _SHARED_CACHE[0]
+    return _shared_cache_root(tmp_path_factory)
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 900,
@@ -144,7 +155,7 @@ def tiny_build(tmp_path_factory):
 
     cfg, base = load_release(REPO / "examples" / "tiny-mm.yaml")
     plan = make_plan(cfg, base)
-    runner = Runner(Cache(tmp_path_factory.mktemp("stage-cache")), Progress(enabled=False), log=lambda m: None)
+    runner = Runner(Cache(_shared_cache_root(tmp_path_factory)), Progress(enabled=False), log=lambda m: None)
     state = runner.prepare(plan)
     state.torch_model = runner.run_stage(state, "load", None)
     state.reference = runner.run_stage(state, "reference", state.torch_model)

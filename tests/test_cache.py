@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -65,7 +66,9 @@ def test_half_written_temp_dirs_are_ignored_and_cleaned(tmp_path):
     work = cache.new_workdir("s")
     (work / "f.bin").write_bytes(b"partial")
     assert cache.lookup("s", "k") is None
-    assert cache.clean_temp() == 1 and not work.exists()
+    assert cache.clean_temp() == 0 and work.exists()  # its owner (this process) still lives
+    left = work.rename(work.with_name(f".tmp-{_dead_pid()}-xyz"))  # as a killed build leaves it
+    assert cache.clean_temp() == 1 and not left.exists()
 
 
 def test_artifact_json_roundtrip(tmp_path):
@@ -164,8 +167,60 @@ def test_a_file_where_a_stage_folder_belongs_is_replaced(tmp_path):
     assert _commit(cache, "k").main_file.read_bytes() == b"hello"
 
 
-def test_clean_temp_removes_stray_temp_files(tmp_path):
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has it (until the kernel hands it out again, which takes a while)
+
+
+def test_clean_temp_removes_what_killed_runs_left_and_keeps_what_live_builds_work_in(tmp_path):
     cache = Cache(tmp_path)
-    cache.new_workdir("s")
-    (tmp_path / "s" / ".tmp-replaced-k-1").write_text("left by a killed forced rerun")
-    assert cache.clean_temp() == 2 and not list((tmp_path / "s").glob(".tmp-*"))
+    mine = cache.new_workdir("s")  # this process lives: another build's clean_temp must not take it away
+    dead = _dead_pid()
+    (tmp_path / "s" / f".tmp-{dead}-replaced-k").write_text("left by a killed forced rerun")
+    (tmp_path / "s" / f".tmp-{dead}-abcd").mkdir()
+    (tmp_path / "s" / ".tmp-old-style").mkdir()  # no owner in the name: an older build's leftover
+    assert cache.clean_temp() == 3
+    assert [p.name for p in (tmp_path / "s").glob(".tmp-*")] == [mine.name]
+
+
+def test_a_second_process_waits_for_the_stage_another_holds_then_finds_it(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    cache = Cache(tmp_path)
+    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from pipeline.cache import Cache; "
+            "c = Cache(sys.argv[1]); t = time.monotonic()\n"
+            "with c.claim('s', 'k'):\n    print(round(time.monotonic() - t, 1), c.lookup('s', 'k') is not None)")
+    with cache.claim("s", "k"):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(Path(__file__).parent.parent)],
+                                stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the other process should wait while the stage is claimed"
+        _commit(cache, "k")
+    waited, found = proc.communicate(timeout=30)[0].split()
+    assert float(waited) >= 0.9 and found == "True"
+
+
+def test_a_temp_dir_of_a_zombie_owner_is_left_over_and_removed(tmp_path):
+    """A SIGKILLed build's workers can stay zombies when nothing reaps them (a container without an init): their
+    temp dirs are leftovers all the same."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        cache = Cache(tmp_path)
+        (tmp_path / "s" / f".tmp-{proc.pid}-abc").mkdir(parents=True)
+        assert cache.clean_temp() == 1 and not list((tmp_path / "s").glob(".tmp-*"))
+    finally:
+        proc.wait()

@@ -22,7 +22,7 @@ def _run(argv, **kw):
     return proc
 
 
-def test_wheel_in_a_fresh_venv_builds_the_tiny_example_outside_the_checkout(tmp_path):
+def test_wheel_in_a_fresh_venv_builds_the_tiny_example_outside_the_checkout(tmp_path, shared_cli_cache):
     wheels = tmp_path / "wheels"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
           str(REPO)], timeout=600)
@@ -47,8 +47,18 @@ def test_wheel_in_a_fresh_venv_builds_the_tiny_example_outside_the_checkout(tmp_
     where = _run([str(python), "-c", "import pipeline, targets, calibration_data; print(pipeline.__file__); "
                   "print(calibration_data.__file__); print(targets.__file__)"], cwd=work, env=env).stdout.split()
     assert all(p.startswith(target_site) for p in where), where  # the installed copy, not this checkout
+    # Every module of the installed packages imports (a subpackage left out of the wheel fails here, even when
+    # the build below finds its stage in the cache).
+    walk = ("import importlib, pkgutil, pipeline, targets\n"
+            "names = [m.name for p in (pipeline, targets) for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')]\n"
+            "[importlib.import_module(n) for n in names]\n"
+            "print(len(names))")
+    assert int(_run([str(python), "-c", walk], cwd=work, env=env).stdout.split()[-1]) > 50
+    # The session's stage cache (the tiny model trained once for the whole suite): what this test is about is the
+    # installed package finding its data, profiles, defaults and agent; the stages' code is the checkout's.
     proc = subprocess.run([str(venv / "bin" / "edgepipe"), "build", "release.yaml", "--no-progress"], cwd=work,
-                          env=env, capture_output=True, text=True, timeout=1500)
+                          env={**env, "EDGEPIPE_CACHE": str(shared_cli_cache)}, capture_output=True, text=True,
+                          timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     index = json.loads((work / "dist" / "tiny-mm" / "index.json").read_text())
     assert [t["status"] for t in index["targets"]] == ["passed"] * 6, index["targets"]

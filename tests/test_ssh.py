@@ -129,7 +129,8 @@ def test_a_vanished_host_leaves_nothing_on_the_board(loopback, tmp_path):
     t._master.kill()  # the build process dies: its connection drops without any cleanup command
     t._master.wait()
     deadline = time.monotonic() + 15
-    while run_dir.exists() and time.monotonic() < deadline:
+    # the board's session removes the run dir, then the control dir beside it: wait for both
+    while (run_dir.exists() or Path(f"{run_dir}.ctl").exists()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not run_dir.exists() and not Path(f"{run_dir}.ctl").exists()
     t.close()

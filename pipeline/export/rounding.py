@@ -12,6 +12,10 @@ int8 chains' input graph: fp32 targets never see it, and verification still comp
 Layers: Conv (any groups, explicit pads), Gemm (transA=0, alpha=1) and MatMul with a constant weight, minus the
 keep_float nodes, limited to `model.weight_rounding.nodes` name prefixes when given. The layer inputs come from
 onnxruntime running the fp32 graph on calibration samples (the standard, non-sequential AdaRound objective).
+With `objective: exact` that objective is evaluated over every calibration input through the Gram matrices of
+each layer's input patches (adaround.Quadratic): 3.2x less time than the default sampled mini-batches on
+EfficientNet-Lite0's 50 layers (45 vs 145 s, one thread, random inputs) at the same median error ratio (0.504 vs
+0.505); on the default release it moved single eval photos both ways, so sampled stays the default.
 """
 from __future__ import annotations
 
@@ -24,9 +28,8 @@ import numpy as np
 from ..errors import StageError
 from ..stages import Stage, StageContext
 from . import component_key, keep_float_in_component, keep_float_patterns
+from .adaround import GRID_LEVELS, Quadratic, _forward, adaround, adaround_exact, grid_step  # noqa: F401 (re-exported)
 
-GRID_LEVELS = 127  # symmetric int8 weights: q in [-127, 127], step = max|w| / 127
-REG = 10.0  # weight of the rounding regulariser against the relative reconstruction error
 INPUT_BUDGET_FLOATS = 128 * 1024 * 1024  # layer inputs held at once (512 MiB of float32)
 
 
@@ -66,91 +69,6 @@ def rounding_layers(model, skip: set[str], prefixes: list[str] | None) -> list[d
         elif len(w.dims) == 2:
             layers.append(dict(name=node.name, op="linear", input=node.input[0], weight=w.name, axis=1))
     return layers
-
-
-def _forward(layer: dict, x, w):
-    """What it does: one layer's weight-only output (no bias: it cancels in the reconstruction error)."""
-    import torch
-    from torch.nn import functional as F
-
-    if layer["op"] == "conv":
-        if any(layer["pads"]):
-            x = F.pad(x, layer["pads"])
-        return F.conv2d(x, w, None, layer["stride"], 0, layer["dilation"], layer["groups"])
-    return torch.matmul(x, w if layer["axis"] == 1 else w.t())
-
-
-def grid_step(w: np.ndarray, axis: int) -> np.ndarray:
-    """What it does: a weight -> its symmetric per-output-channel int8 step max|w|/127, shaped to broadcast."""
-    other = tuple(i for i in range(w.ndim) if i != axis)
-    shape = [1] * w.ndim
-    shape[axis] = w.shape[axis]
-    return (np.abs(w).max(axis=other) / GRID_LEVELS).reshape(shape)
-
-
-def adaround(layer: dict, w: np.ndarray, inputs: np.ndarray, iterations: int, batch: int, crop: int,
-             seed: int, lr: float = 0.1) -> tuple[np.ndarray, float, float]:
-    """What it does: one layer's fp32 weight + its calibration inputs -> (grid-valued weight, output MSE of
-    round-to-nearest, output MSE of the learnt rounding) on the inputs. Each channel keeps its largest weight
-    exactly, so a toolchain recomputing max|w|/127 finds the same grid. Deterministic for a given seed."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    step_np = grid_step(w, layer["axis"])
-    live = np.broadcast_to(step_np > 0, w.shape)
-    step = torch.from_numpy(np.where(step_np > 0, step_np, 1.0).astype(np.float32))
-    wt = torch.from_numpy(w)
-    scaled = wt / step
-    floor = torch.floor(scaled)
-    rest = (scaled - floor).clamp(0, 1)
-    # h(V) = clip(1.2 sigmoid(V) - 0.1, 0, 1) starts at the fractional part
-    v0 = ((rest + 0.1) / 1.2).clamp(0.01, 0.99)
-    v = torch.log(v0 / (1 - v0)).requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=lr)
-    x_all = torch.from_numpy(inputs)
-    spatial = layer["op"] == "conv"
-    warm = int(0.2 * iterations)
-
-    def sample():
-        idx = torch.randint(0, x_all.shape[0], (min(batch, x_all.shape[0]),), generator=gen)
-        x = x_all[idx]
-        if spatial and crop and x.shape[-1] > crop and x.shape[-2] > crop:
-            top = int(torch.randint(0, x.shape[-2] - crop + 1, (1,), generator=gen))
-            left = int(torch.randint(0, x.shape[-1] - crop + 1, (1,), generator=gen))
-            x = x[..., top:top + crop, left:left + crop]
-        return x
-
-    # The reconstruction loss is relative to round-to-nearest's error on a fixed probe batch: scale-free, so the
-    # rounding regulariser weighs the same in every layer. The probe also judges the result at the end.
-    probe = x_all[: min(8, x_all.shape[0])]
-    nearest = torch.round(scaled).clamp(-GRID_LEVELS, GRID_LEVELS)
-    with torch.no_grad():
-        ref = _forward(layer, probe, wt)
-        unit = float(torch.mean((_forward(layer, probe, step * nearest) - ref) ** 2))
-    if unit <= 0:
-        return w.copy(), 0.0, 0.0
-    for it in range(iterations):
-        x = sample()
-        with torch.no_grad():
-            target = _forward(layer, x, wt)
-        h = (torch.sigmoid(v) * 1.2 - 0.1).clamp(0, 1)
-        loss = torch.mean((_forward(layer, x, step * (floor + h)) - target) ** 2) / unit
-        if it >= warm:
-            beta = 20 - (20 - 2) * (it - warm) / max(iterations - warm, 1)
-            loss = loss + REG * torch.mean(1 - (2 * h - 1).abs().pow(beta))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        q = (floor + (torch.sigmoid(v) * 1.2 - 0.1 >= 0.5).float()).clamp(-GRID_LEVELS, GRID_LEVELS)
-        # the largest weight of each channel stays exactly as it is (+-127 steps): its channel's step must not change
-        other = tuple(i for i in range(w.ndim) if i != layer["axis"])
-        keep = (np.abs(w) == np.abs(w).max(axis=other, keepdims=True)) | ~live
-        out = np.where(keep, w, (step * q).numpy().astype(np.float32))
-        mse_learnt = float(torch.mean((_forward(layer, probe, torch.from_numpy(out)) - ref) ** 2))
-    if mse_learnt > unit:  # never worse than the toolchains' own rounding on the probe batch
-        return np.where(keep, w, (step * nearest).numpy().astype(np.float32)), unit, unit
-    return out, unit, mse_learnt
 
 
 def layer_inputs(model_path: str, layers: list[dict], samples: list[dict]) -> Iterator[tuple[list[dict], dict]]:
@@ -216,8 +134,13 @@ def round_shared(memo, jobs: list[tuple], arrays: dict, rounding, task) -> dict:
     done: dict = {}
 
     def compute(layer, w, key, index):
-        new, before, after = adaround(layer, w, arrays[layer["input"]], rounding.iterations, rounding.batch_size,
-                                      rounding.crop, rounding.seed + index, rounding.lr)
+        inputs = arrays[layer["input"]]
+        if rounding.objective == "exact" and Quadratic.fits(layer, w.shape, inputs.shape):
+            new, before, after = adaround_exact(layer, w, Quadratic(layer, w.shape, inputs), rounding.iterations,
+                                                rounding.lr)
+        else:
+            new, before, after = adaround(layer, w, inputs, rounding.iterations, rounding.batch_size,
+                                          rounding.crop, rounding.seed + index, rounding.lr)
         memo.put(key, {"weight": new, "mse": np.array([before, after], np.float64)})
         return new, before, after
 
@@ -256,7 +179,7 @@ class RoundWeights(Stage):
     """fp32 ONNX -> the same graph with AdaRound-chosen int8 grid values as weights (int8 chains only)."""
 
     name = "round_weights"
-    version = 1
+    version = 2  # 2: weight_rounding.objective (exact: every calibration input at once)
     consumes = ("onnx",)
     produces = "onnx"
     needs_calibration = True
