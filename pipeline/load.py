@@ -15,6 +15,36 @@ from .stages import Stage, StageContext
 from .torchmodel import import_factory, load_torch, run_torch
 
 
+def param_files(params, base_dir) -> dict[str, str]:
+    """What it does: the factory's params -> {"<key path>": sha256} of every string value that names an existing
+    regular file (absolute, relative to the release config's folder, or to the working directory), so that a
+    checkpoint replaced at the same path changes the load stage's key even when the factory has no fingerprint()."""
+    from pathlib import Path
+
+    from .artifact import sha256_file
+
+    found: dict[str, str] = {}
+
+    def walk(value, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        elif isinstance(value, str) and value and "\x00" not in value and len(value) < 4096:
+            for candidate in (Path(value), Path(base_dir or ".") / value):
+                try:
+                    if candidate.is_file():
+                        found[where] = sha256_file(candidate)
+                        return
+                except OSError:
+                    continue
+
+    walk(params or {}, "")
+    return found
+
+
 class LoadModel(Stage):
     name = "load"
     version = 1
@@ -31,8 +61,17 @@ class LoadModel(Stage):
         has_train = split_path(ctx.dataset.root, "train").is_file()
         cfg = {"factory": ctx.release.model.factory, "params": ctx.release.model.params, "seed": ctx.release.seed,
                "train": ctx.dataset.split_fingerprint("train") if has_train else None}
+        files = param_files(ctx.release.model.params, ctx.base_dir)
+        if files:  # a checkpoint named in params and replaced in place must rebuild the model
+            cfg["param_files"] = files
         if callable(getattr(factory, "fingerprint", None)):
-            cfg["factory_fingerprint"] = factory.fingerprint(ctx.release.model.params)
+            try:
+                cfg["factory_fingerprint"] = factory.fingerprint(ctx.release.model.params)
+            except Exception as err:
+                if isinstance(err, EdgepipeError) and err.exit_code == 2:
+                    raise
+                raise ModelFactoryError(f"model.factory '{ctx.release.model.factory}' fingerprint() failed: "
+                                        f"{type(err).__name__}: {err}") from err
         return cfg
 
     def run(self, artifact: Artifact | None, ctx: StageContext) -> Artifact:
