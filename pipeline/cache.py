@@ -114,22 +114,27 @@ class Memo:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    @contextlib.contextmanager
     def claim(self, key: str, wait: bool):
         """Hold the key's lock: yields True when held, False when another process holds it and `wait` is off."""
-        import fcntl
+        return _flock(self.root / f"{self._path(key).stem}.lock", wait)
 
-        lock_path = self.root / f"{self._path(key).stem}.lock"
-        with open(lock_path, "a+b") as f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+@contextlib.contextmanager
+def _flock(lock_path: Path, wait: bool):
+    """An exclusive flock on lock_path (created if needed) for the block: yields True when held, False when another
+    process holds it and `wait` is off. A killed holder releases it."""
+    import fcntl
+
+    with open(lock_path, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 class Cache:
@@ -165,30 +170,21 @@ class Cache:
             raise ValueError(f"memo namespace must be [a-z0-9_]+, got {namespace!r}")
         return Memo(self.root / "_memo" / namespace)
 
-    def new_workdir(self, stage: str) -> Path:
-        if (self.root / stage).is_symlink() or (self.root / stage).is_file():
-            _remove(self.root / stage)  # a stray file where the stage's folder belongs
-        (self.root / stage).mkdir(parents=True, exist_ok=True)
-        # the owner's pid in the name: clean_temp() of another build sharing this cache leaves it alone while we live
-        return Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.root / stage))
-
-    @contextlib.contextmanager
-    def claim(self, stage: str, key: str):
-        """Hold (stage, key) against every other process using this cache: a second build that needs the same
-        stage output waits here, then finds it committed, instead of computing it too. The lock is an flock, so a
-        killed holder releases it."""
-        import fcntl
-
+    def _stage_folder(self, stage: str) -> Path:
         folder = self.root / stage
         if folder.is_symlink() or folder.is_file():
-            _remove(folder)
+            _remove(folder)  # a stray file where the stage's folder belongs
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f".claim-{key}", "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return folder
+
+    def new_workdir(self, stage: str) -> Path:
+        # the owner's pid in the name: clean_temp() of another build sharing this cache leaves it alone while we live
+        return Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self._stage_folder(stage)))
+
+    def claim(self, stage: str, key: str):
+        """Hold (stage, key) against every other process using this cache: a second build that needs the same
+        stage output waits here, then finds it committed, instead of computing it too."""
+        return _flock(self._stage_folder(stage) / f".claim-{key}", wait=True)
 
     def commit(self, stage: str, key: str, workdir: Path, art: Artifact, replace: bool = False) -> Artifact:
         """Move a finished workdir into place atomically; returns the artifact rooted at its final path.
